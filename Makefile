@@ -1,0 +1,34 @@
+# Two commands: `make demo` (install + the main job end to end) and `make test` (install + the suite).
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+SHARED_DATA := $(abspath ../shared/data)
+export MLFLOW_DISABLE_TELEMETRY := true
+export CODECARBON_LOG_LEVEL := warning
+
+.PHONY: install demo test lint system-deps clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml $(BIN)/activate
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+system-deps:
+	bash .ci/system-deps.sh
+
+demo: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m greenstudy.demo --shared-data "$(SHARED_DATA)"
+
+test: install system-deps
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) mlruns mlflow.db optuna.db

@@ -1,0 +1,34 @@
+"""Shared plumbing for the entry scripts: one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from greenstudy.errors import GreenstudyError
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def run_cli(job: Callable[[], int]) -> int:
+    """Run `job`, turning user errors into one clear line on stderr and Ctrl-C into exit 130."""
+    try:
+        return job()
+    except GreenstudyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted: the run is marked KILLED with what it had logged", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def one_line_parser(description: str) -> argparse.ArgumentParser:
+    """An ArgumentParser whose errors are one line (`error: ...`) and exit 2."""
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> None:  # type: ignore[override]
+            print(f"error: {message}", file=sys.stderr)
+            raise SystemExit(EXIT_BAD_INPUT)
+
+    return _Parser(description=description)

@@ -1,0 +1,163 @@
+"""The run configuration: every parameter of the `main` entry point, typed and validated."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+from greenstudy.errors import ConfigError
+
+MODELS = ("resnet18", "efficientnet_b0")
+DATASETS = ("cifar100", "cifar10")
+DEVICES = ("auto", "cpu", "cuda")
+VARIANTS = ("baseline", "amp", "pruned", "quantized")
+DEFAULT_DATA_DIR = "data"
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ConfigError(f"unknown {name} {value!r}: choose one of {', '.join(allowed)}")
+    return value
+
+
+def parse_variants(text: str) -> tuple[str, ...]:
+    """Parse a comma-separated variant list, keeping order and rejecting unknown names."""
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not names:
+        raise ConfigError(f"variants is empty: give any of {', '.join(VARIANTS)}")
+    for name in names:
+        _choice("variant", name, VARIANTS)
+    if len(set(names)) != len(names):
+        raise ConfigError(f"variants lists a name twice: {text!r}")
+    return names
+
+
+def parse_bool(text: str | bool) -> bool:
+    """Parse true/false the way MLflow params arrive (strings)."""
+    if isinstance(text, bool):
+        return text
+    lowered = str(text).strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise ConfigError(f"expected true or false, got {text!r}")
+
+
+def optional_float(text: str | float | None) -> float | None:
+    """An empty string, 'none' or 0 mean 'not set'."""
+    if text is None or str(text).strip().lower() in ("", "none", "null", "0", "0.0"):
+        return None
+    return float(text)
+
+
+@dataclass
+class RunConfig:
+    """Everything one `main` run needs; defaults are the MLproject defaults."""
+
+    model: str = "resnet18"
+    dataset: str = "cifar100"
+    data_dir: str = DEFAULT_DATA_DIR
+    download: bool = True
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    train_subset: int = 0
+    val_size: int = 5000
+    test_subset: int = 0
+    resolution: int = 32
+    country_iso_code: str = "USA"
+    cpu_power_w: float | None = None
+    ram_power_w: float | None = None
+    measure_power_secs: float = 15.0
+    variants: tuple[str, ...] = VARIANTS
+    prune_ratio: float = 0.5
+    prune_importance: str = "l2"
+    finetune_epochs: int = -1
+    calib_batches: int = 32
+    infer_batches: int = 10
+    channels_last: bool = True
+    compile: str = "auto"
+    experiment: str = ""
+    extra_tags: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError with one clear line for the first bad value."""
+        _choice("model", self.model, MODELS)
+        _choice("dataset", self.dataset, DATASETS)
+        _choice("device", self.device, DEVICES)
+        _choice("prune_importance", self.prune_importance, ("l1", "l2", "random"))
+        _choice("compile", self.compile, ("auto", "true", "false"))
+        positive = {
+            "batch_size": self.batch_size,
+            "resolution": self.resolution,
+            "calib_batches": self.calib_batches,
+            "infer_batches": self.infer_batches,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{name} must be at least 1, got {value}")
+        non_negative = {
+            "epochs": self.epochs,
+            "train_subset": self.train_subset,
+            "val_size": self.val_size,
+            "test_subset": self.test_subset,
+        }
+        for name, value in non_negative.items():
+            if value < 0:
+                raise ConfigError(f"{name} must be 0 or more, got {value}")
+        if self.epochs < 1:
+            raise ConfigError(f"epochs must be at least 1, got {self.epochs}")
+        if self.resolution < 32:
+            raise ConfigError(f"resolution must be 32 or more, got {self.resolution}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be 0 or more, got {self.weight_decay}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 < self.prune_ratio < 1:
+            raise ConfigError(f"prune_ratio must be in (0, 1), got {self.prune_ratio}")
+        if self.measure_power_secs <= 0:
+            raise ConfigError(f"measure_power_secs must be positive, got {self.measure_power_secs}")
+        for name in ("cpu_power_w", "ram_power_w"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be positive, got {value}")
+        code = self.country_iso_code
+        if len(code) != 3 or not code.isalpha() or not code.isupper():
+            raise ConfigError(f"country_iso_code must be 3 capital letters (ISO 3166-1 alpha-3), got {code!r}")
+
+    @property
+    def effective_finetune_epochs(self) -> int:
+        """Fine-tuning epochs of the pruned variant: a quarter of `epochs` unless set."""
+        if self.finetune_epochs >= 0:
+            return self.finetune_epochs
+        return max(1, self.epochs // 4)
+
+    @property
+    def experiment_name(self) -> str:
+        return self.experiment or f"greenstudy-{self.dataset}"
+
+    def resolved_data_dir(self) -> str:
+        """`data_dir`, unless it is the default and GREENSTUDY_DATA names another folder."""
+        if self.data_dir == DEFAULT_DATA_DIR and os.environ.get("GREENSTUDY_DATA"):
+            return os.environ["GREENSTUDY_DATA"]
+        return self.data_dir
+
+    def replace(self, **changes: object) -> RunConfig:
+        """A validated copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict[str, object]:
+        data = dataclasses.asdict(self)
+        data["variants"] = ",".join(self.variants)
+        return data

@@ -1,0 +1,99 @@
+"""MLflow: reachability check, parent/child runs, and the metric contract every run logs."""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.entities import RunStatus
+from mlflow.models import infer_signature
+from torch import nn
+
+from greenstudy.errors import TrackingError
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+CONTRACT_PARAMS = (
+    "model", "variant", "dataset", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing",
+    "seed", "device", "train_subset", "country_iso_code",
+)
+EPOCH_METRICS = ("train_loss", "train_acc1", "val_loss", "val_acc1", "epoch_seconds", "epoch_energy_kwh")
+FINAL_METRICS = (
+    "test_acc1", "test_acc5", "train_energy_kwh", "train_emissions_kg", "train_seconds", "eval_energy_kwh",
+    "infer_energy_wh_per_1k_images", "infer_images_per_second", "energy_kwh", "emissions_kg",
+    "cpu_energy_kwh", "gpu_energy_kwh", "ram_energy_kwh", "params", "macs", "model_size_mb",
+)
+CONTRACT_TAGS = (
+    "model", "variant", "dataset", "data_source", "device", "energy_method", "codecarbon_version",
+    "cpu_model", "gpu_model",
+)
+PIP_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1"]
+
+
+def ensure_tracking_reachable(timeout_s: float = 5.0) -> str:
+    """Fail within seconds, with one line, when the tracking URI is a server that does not answer."""
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TrackingError(f"MLflow tracking server {uri} is unreachable ({reason}): start it or fix MLFLOW_TRACKING_URI") from exc
+    return uri
+
+
+@contextmanager
+def run_scope(run_name: str, experiment: str, nested: bool = False, tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
+    """Start (or attach to, under `mlflow run`) a run and always end it with an honest status:
+    FINISHED on success, KILLED on Ctrl-C, FAILED on any other exception (with the error tagged)."""
+    if not nested and os.environ.get("MLFLOW_RUN_ID"):
+        run = mlflow.start_run()  # `mlflow run` created this run already; attach to it
+    else:
+        if not nested:
+            mlflow.set_experiment(experiment)
+        run = mlflow.start_run(run_name=run_name, nested=nested, tags=tags)
+    if tags and not nested:
+        mlflow.set_tags(tags)
+    try:
+        yield run
+    except KeyboardInterrupt:
+        mlflow.set_tag("error", "interrupted (KeyboardInterrupt)")
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except BaseException as exc:
+        mlflow.set_tag("error", f"{type(exc).__name__}: {exc}"[:5000])
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        raise
+    else:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+def log_epoch(metrics: dict[str, float], epoch: int) -> None:
+    """Per-epoch metrics, step = epoch (1-based)."""
+    mlflow.log_metrics({name: float(value) for name, value in metrics.items()}, step=epoch)
+
+
+def log_final(metrics: dict[str, float]) -> None:
+    mlflow.log_metrics({name: float(value) for name, value in metrics.items()})
+
+
+def log_torch_model(model: nn.Module, example: torch.Tensor, name: str = "model") -> None:
+    """The model as an MLflow pytorch model (pickle format: works for pruned and int8 modules too),
+    with a signature and a batch-2 float input example."""
+    model.eval()
+    example = example[:2].float().cpu()
+    with torch.no_grad():
+        output = model(example)
+    signature = infer_signature(example.numpy(), output.float().numpy())
+    mlflow.pytorch.log_model(
+        model, name=name, signature=signature, input_example=np.asarray(example.numpy()),
+        serialization_format="pickle", pip_requirements=PIP_REQUIREMENTS,
+    )

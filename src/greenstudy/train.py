@@ -1,0 +1,201 @@
+"""Training, evaluation and the inference benchmark: small functions, data already on the device."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from greenstudy.data import Normalizer, Split, eval_batches, train_batches
+from greenstudy.errors import TrainingDiverged
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from greenstudy.errors import ConfigError
+
+        raise ConfigError("device=cuda but no CUDA device is visible: use device=cpu or auto")
+    return torch.device(name)
+
+
+def set_cpu_threads() -> int:
+    """Use every core this process may run on."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(cores)
+    return cores
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What autocast does for a run: None = fp32."""
+
+    dtype: torch.dtype | None = None
+
+    @property
+    def name(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    @property
+    def needs_scaler(self) -> bool:
+        return self.dtype == torch.float16
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.dtype)
+
+
+def mixed_precision_for(device: torch.device) -> Precision:
+    """bf16 where the device supports it (CPU, Ampere+), fp16 with a GradScaler where not."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return Precision(torch.float16)
+    return Precision(torch.bfloat16)
+
+
+@dataclass
+class TrainSetup:
+    """The pieces one training loop needs."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    normalize: Normalizer
+    precision: Precision
+    label_smoothing: float
+    batch_size: int
+    device: torch.device
+    generator: torch.Generator
+    scaler: torch.amp.GradScaler | None = None
+    step_fn: Callable[..., torch.Tensor] | None = None
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.SGD:
+    """SGD with Nesterov momentum 0.9."""
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, lr: float, total_steps: int) -> torch.optim.lr_scheduler.OneCycleLR:
+    """One-cycle: linear warm-up over the first 20 % of steps, cosine down to ~0."""
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=lr, total_steps=max(total_steps, 1), pct_start=0.2, anneal_strategy="cos",
+        div_factor=10.0, final_div_factor=100.0, cycle_momentum=False,
+    )
+
+
+def steps_per_epoch(train_size: int, batch_size: int) -> int:
+    return max(1, train_size // batch_size)
+
+
+def train_one_epoch(setup: TrainSetup, train: Split) -> tuple[float, float]:
+    """One pass over `train`; returns (mean loss, top-1 %). Loss and hits accumulate on the device
+    and are read once at the end, so the step never waits on a host sync."""
+    model = setup.model
+    model.train()
+    loss_sum = torch.zeros((), device=setup.device)
+    hits = torch.zeros((), device=setup.device, dtype=torch.long)
+    seen = 0
+    forward = setup.step_fn or model
+    for images, labels in train_batches(train, setup.batch_size, setup.generator):
+        inputs = setup.normalize(images)
+        with setup.precision.autocast(setup.device):
+            logits = forward(inputs)
+            loss = F.cross_entropy(logits, labels, label_smoothing=setup.label_smoothing)
+        setup.optimizer.zero_grad(set_to_none=True)
+        if setup.scaler is not None:
+            setup.scaler.scale(loss).backward()
+            setup.scaler.step(setup.optimizer)
+            setup.scaler.update()
+        else:
+            loss.backward()
+            setup.optimizer.step()
+        setup.scheduler.step()
+        loss_sum += loss.detach().float() * labels.shape[0]
+        hits += (logits.detach().argmax(1) == labels).sum()
+        seen += labels.shape[0]
+    mean_loss = loss_sum.item() / max(seen, 1)
+    if not math.isfinite(mean_loss):
+        raise TrainingDiverged(f"training loss is {mean_loss}: lower lr (now {setup.optimizer.param_groups[0]['lr']:.3g}) or batch_size")
+    return mean_loss, 100.0 * hits.item() / max(seen, 1)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, split: Split, normalize: Normalizer, precision: Precision, device: torch.device,
+    batch_size: int = 512, label_smoothing: float = 0.0,
+) -> dict[str, float]:
+    """Loss, top-1 and top-5 accuracy (percent) on a split."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    top1 = torch.zeros((), device=device, dtype=torch.long)
+    top5 = torch.zeros((), device=device, dtype=torch.long)
+    for images, labels in eval_batches(split, batch_size):
+        with precision.autocast(device):
+            logits = model(normalize(images.to(device, non_blocking=True)))
+        labels = labels.to(device, non_blocking=True)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, labels, label_smoothing=label_smoothing, reduction="sum")
+        best = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        top1 += (best[:, 0] == labels).sum()
+        top5 += (best == labels[:, None]).any(dim=1).sum()
+    count = max(len(split), 1)
+    return {"loss": loss_sum.item() / count, "acc1": 100.0 * top1.item() / count, "acc5": 100.0 * top5.item() / count}
+
+
+@torch.no_grad()
+def inference_benchmark(
+    model: nn.Module, split: Split, normalize: Normalizer, precision: Precision, device: torch.device,
+    batches: int, batch_size: int = 256,
+) -> tuple[int, float]:
+    """Run `batches` eval-mode forward passes of `batch_size` images (cycling through `split`);
+    returns (images, seconds). One warm-up batch is excluded."""
+    model.eval()
+    images = split.images
+    if len(split) < batch_size:
+        repeats = math.ceil(batch_size / max(len(split), 1))
+        images = images.repeat(repeats, 1, 1, 1)
+    batch = normalize(images[:batch_size].to(device))
+    with precision.autocast(device):
+        model(batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    with precision.autocast(device):
+        for _ in range(batches):
+            model(batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return batches * batch_size, time.perf_counter() - started
+
+
+def run_epoch(setup: TrainSetup, train: Split, val: Split) -> dict[str, float]:
+    """One training epoch plus validation; returns the per-epoch metrics."""
+    started = time.perf_counter()
+    train_loss, train_acc1 = train_one_epoch(setup, train)
+    val_metrics = evaluate(setup.model, val, setup.normalize, setup.precision, setup.device,
+                           label_smoothing=setup.label_smoothing)
+    return {
+        "train_loss": train_loss,
+        "train_acc1": train_acc1,
+        "val_loss": val_metrics["loss"],
+        "val_acc1": val_metrics["acc1"],
+        "epoch_seconds": time.perf_counter() - started,
+    }

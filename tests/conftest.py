@@ -1,0 +1,56 @@
+"""Shared fixtures: a tiny CIFAR-format folder and a real MLflow store in a temp dir."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from greenstudy.data import write_synthetic_cifar
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("CODECARBON_LOG_LEVEL", "error")
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small learnable synthetic CIFAR-100 folder (600 train, 200 test images)."""
+    root = tmp_path_factory.mktemp("cifar")
+    write_synthetic_cifar(root, "cifar100", n_train=600, n_test=200, seed=0)
+    return root
+
+
+@pytest.fixture()
+def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh SQLite MLflow store for one test, set for this process and its children."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+def entry_env(tracking_uri: str) -> dict[str, str]:
+    """Environment for running an entry script in a subprocess."""
+    env = dict(os.environ)
+    env["MLFLOW_TRACKING_URI"] = tracking_uri
+    env["PYTHONPATH"] = str(ROOT / "src")
+    env.pop("MLFLOW_RUN_ID", None)
+    return env
+
+
+PYTHON = sys.executable
+
+# Fast settings for a real end-to-end run on the tiny folder.
+TINY_ARGS = [
+    "--epochs", "1", "--batch-size", "64", "--val-size", "100", "--infer-batches", "2",
+    "--calib-batches", "2", "--download", "false", "--measure-power-secs", "1",
+]
