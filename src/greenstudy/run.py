@@ -35,6 +35,7 @@ class ChildOutcome:
     status: str
     metrics: dict[str, float] = field(default_factory=dict)
     error: str = ""
+    last_epoch: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -94,6 +95,7 @@ def run_variant(bench: Bench, variant: str, tags: dict[str, str]) -> ChildOutcom
     (Ctrl-C is re-raised after the child is marked KILLED)."""
     cfg = bench.cfg
     child_tags = {**tags, "variant": variant}
+    bench.last_epoch = {}
     try:
         with run_scope(f"{cfg.model}-{variant}", cfg.experiment_name, nested=True, tags=child_tags) as run:
             run_id = run.info.run_id
@@ -112,7 +114,7 @@ def run_variant(bench: Bench, variant: str, tags: dict[str, str]) -> ChildOutcom
             with tempfile.TemporaryDirectory() as tmp:
                 mlflow.log_artifact(str(bench.meter.write_csv(Path(tmp) / "codecarbon_phases.csv")))
             log_torch_model(result.model, result.example)
-            return ChildOutcome(variant, run_id, "FINISHED", result.metrics)
+            return ChildOutcome(variant, run_id, "FINISHED", result.metrics, last_epoch=dict(bench.last_epoch))
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # noqa: BLE001 - one variant failing must not stop the others

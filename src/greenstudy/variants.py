@@ -44,6 +44,7 @@ class Bench:
     meter: EnergyMeter
     baseline_model: nn.Module | None = None
     baseline_run_id: str | None = None
+    last_epoch: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -91,6 +92,7 @@ def fit(bench: Bench, model: nn.Module, precision: Precision, epochs: int, lr: f
             metrics = run_epoch(setup, bench.data.train, bench.data.val)
         metrics["epoch_energy_kwh"] = phase.energy_kwh
         log_epoch(metrics, epoch)
+        bench.last_epoch = metrics
         phases.append(phase)
     return total(phases, f"{label}/train")
 
