@@ -71,7 +71,10 @@ def count_macs_params(model: nn.Module) -> tuple[int, int]:
 
 
 def model_size_mb(model: nn.Module) -> float:
-    """Size of the model's state_dict as torch.save writes it, in MB (1e6 bytes)."""
+    """Size of the model as saved (state_dict, or the whole TorchScript module), in MB (1e6 bytes)."""
     buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
+    if isinstance(model, torch.jit.ScriptModule):
+        torch.jit.save(model, buffer)
+    else:
+        torch.save(model.state_dict(), buffer)
     return buffer.getbuffer().nbytes / 1e6

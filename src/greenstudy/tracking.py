@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import urllib.error
 import urllib.request
@@ -20,6 +21,7 @@ from greenstudy.errors import TrackingError
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 CONTRACT_PARAMS = (
     "model", "variant", "dataset", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing",
@@ -90,6 +92,7 @@ def log_torch_model(model: nn.Module, example: torch.Tensor, name: str = "model"
     with a signature and a batch-2 float input example."""
     model.eval()
     example = example[:2].float().cpu()
+    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # the pickle-format caution, once per model
     with torch.no_grad():
         output = model(example)
     signature = infer_signature(example.numpy(), output.float().numpy())

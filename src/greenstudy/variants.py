@@ -45,6 +45,7 @@ class Bench:
     baseline_model: nn.Module | None = None
     baseline_run_id: str | None = None
     last_epoch: dict[str, float] = field(default_factory=dict)
+    histories: dict[str, list[dict[str, float]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -87,12 +88,14 @@ def fit(bench: Bench, model: nn.Module, precision: Precision, epochs: int, lr: f
         step_fn=torch.compile(model) if _compile_wanted(cfg, device) else None,
     )
     phases = []
+    bench.histories[label] = []
     for epoch in range(1, epochs + 1):
         with bench.meter.phase(f"{label}/train/epoch{epoch}") as phase:
             metrics = run_epoch(setup, bench.data.train, bench.data.val)
         metrics["epoch_energy_kwh"] = phase.energy_kwh
         log_epoch(metrics, epoch)
         bench.last_epoch = metrics
+        bench.histories[label].append(metrics)
         phases.append(phase)
     return total(phases, f"{label}/train")
 
@@ -173,6 +176,11 @@ def run_amp(bench: Bench) -> VariantResult:
     return VariantResult(model, metrics, {"precision": precision.name}, _example(bench))
 
 
+def _require_baseline(bench: Bench, variant: str) -> None:
+    if bench.baseline_model is None:
+        raise RuntimeError(f"{variant} needs a trained baseline, and this run has none (the baseline variant failed?)")
+
+
 def _importance(name: str) -> object:
     import torch_pruning as tp
 
@@ -200,7 +208,7 @@ def prune_channels(model: nn.Module, ratio: float, importance: str = "l2") -> nn
 def run_pruned(bench: Bench) -> VariantResult:
     """Prune the trained baseline's channels, then fine-tune for `finetune_epochs` at half the lr."""
     cfg = bench.cfg
-    assert bench.baseline_model is not None, "the baseline variant runs before pruned"
+    _require_baseline(bench, "pruned")
     model = copy.deepcopy(bench.baseline_model).to(memory_format=torch.contiguous_format)
     macs_before, params_before = count_macs_params(model)
     with bench.meter.phase("pruned/prune") as prune_phase:
@@ -234,7 +242,7 @@ def quantize_int8(model: nn.Module, calibration: list[torch.Tensor]) -> nn.Modul
     model = copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.filterwarnings("ignore", message=".*torch.ao.quantization.*")
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.ao")
         prepared = prepare_fx(model, get_default_qconfig_mapping("x86"), example_inputs=(calibration[0],))
         with torch.no_grad():
             for batch in calibration:
@@ -246,15 +254,20 @@ def run_quantized(bench: Bench) -> VariantResult:
     """int8 static quantization of the trained baseline, calibrated on `calib_batches` train
     batches; evaluated and benchmarked on the CPU next to the fp32 baseline on the same CPU."""
     cfg = bench.cfg
-    assert bench.baseline_model is not None, "the baseline variant runs before quantized"
+    _require_baseline(bench, "quantized")
     cpu = torch.device("cpu")
     normalize = Normalizer(bench.data.mean, bench.data.std, cpu, channels_last=False)
     calibration = [
         normalize(images)
-        for _, (images, _labels) in zip(range(cfg.calib_batches), eval_batches(bench.cpu_data.train, cfg.batch_size))
+        for _, (images, _labels) in zip(range(cfg.calib_batches), eval_batches(bench.cpu_data.train, cfg.batch_size), strict=False)
     ]
+    for epoch, metrics in enumerate(bench.histories.get("baseline", []), start=1):
+        log_epoch(metrics, epoch)  # its training is the baseline's
     with bench.meter.phase("quantized/calibrate") as calib_phase:
         quantized = quantize_int8(bench.baseline_model, calibration)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantized = torch.jit.trace(quantized, calibration[0][:2])  # a loadable, self-contained int8 module
     fp32 = copy.deepcopy(bench.baseline_model).cpu().to(memory_format=torch.contiguous_format)
     metrics = measure(
         bench, quantized, Precision(), "quantized", calib_phase, cpu, bench.cpu_data,
@@ -264,7 +277,10 @@ def run_quantized(bench: Bench) -> VariantResult:
         images, seconds = inference_benchmark(fp32, bench.cpu_data.test, normalize, Precision(), cpu, cfg.infer_batches, INFER_BATCH_SIZE)
     metrics["fp32_cpu_infer_images_per_second"] = images / seconds
     metrics["fp32_cpu_infer_energy_wh_per_1k_images"] = fp32_phase.energy_kwh * 1e6 / images
-    tags = {"precision": "int8", "derived_from": bench.baseline_run_id or "", "quantization": "fx-static-x86", "eval_device": "cpu"}
+    tags = {
+        "precision": "int8", "derived_from": bench.baseline_run_id or "",
+        "quantization": "fx-static-x86, torch.jit.trace", "eval_device": "cpu",
+    }
     return VariantResult(quantized, metrics, tags, _example(bench))
 
 

@@ -1,0 +1,254 @@
+"""End to end: the `main` entry point against a real MLflow store and a real CodeCarbon tracker."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from greenstudy.tracking import CONTRACT_PARAMS, CONTRACT_TAGS, EPOCH_METRICS, FINAL_METRICS
+from tests.conftest import PYTHON, ROOT, TINY_ARGS, entry_env
+
+sys.path.insert(0, str(ROOT / "mlproject"))
+import main as entry  # noqa: E402
+
+
+def _runs(client: MlflowClient, experiment: str) -> list[mlflow.entities.Run]:
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id]) if exp else []
+
+
+def _children(client: MlflowClient, parent_id: str, experiment_id: str) -> dict[str, mlflow.entities.Run]:
+    runs = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+    return {run.data.tags["variant"]: run for run in runs}
+
+
+def assert_contract(client: MlflowClient, run: mlflow.entities.Run) -> None:
+    """Every name of the run contract is there, with sane values."""
+    assert run.info.status == "FINISHED", run.data.tags.get("error")
+    for name in CONTRACT_PARAMS:
+        assert name in run.data.params, name
+    for name in CONTRACT_TAGS:
+        assert run.data.tags.get(name), name
+    for name in FINAL_METRICS + EPOCH_METRICS:
+        assert name in run.data.metrics, name
+    metrics = run.data.metrics
+    assert metrics["energy_kwh"] > 0
+    assert metrics["emissions_kg"] > 0
+    assert metrics["energy_kwh"] == pytest.approx(
+        metrics["cpu_energy_kwh"] + metrics["gpu_energy_kwh"] + metrics["ram_energy_kwh"], rel=1e-6
+    )
+    for name in ("test_acc1", "test_acc5", "train_acc1", "val_acc1"):
+        assert 0 <= metrics[name] <= 100, name
+    assert metrics["test_acc5"] >= metrics["test_acc1"]
+    assert metrics["infer_images_per_second"] > 0
+    assert metrics["model_size_mb"] > 0
+    history = client.get_metric_history(run.info.run_id, "val_acc1")
+    assert [point.step for point in history] == list(range(1, len(history) + 1))
+    artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
+    assert {"config.json", "codecarbon_phases.csv"} <= artifacts
+    assert run.data.tags["energy_method"].startswith("cpu=")
+
+
+def test_mlflow_run_end_to_end(tiny_data_dir: Path, tracking_uri: str) -> None:
+    """`mlflow run . --env-manager local` on a tiny folder: a parent and a baseline child with the contract."""
+    mlflow_bin = shutil.which("mlflow", path=str(Path(PYTHON).parent)) or "mlflow"
+    params = {"model": "resnet18", "variants": "baseline", "data_dir": str(tiny_data_dir), "epochs": "2",
+              "batch_size": "64", "val_size": "100", "infer_batches": "2", "download": "false",
+              "measure_power_secs": "1"}
+    command = [mlflow_bin, "run", str(ROOT), "--env-manager", "local", "--experiment-name", "e2e"]
+    for name, value in params.items():
+        command += ["-P", f"{name}={value}"]
+    env = entry_env(tracking_uri)
+    env["PATH"] = f"{Path(PYTHON).parent}:{env['PATH']}"
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(tracking_uri)
+    runs = _runs(client, "e2e")
+    parents = [run for run in runs if run.data.tags.get("kind") == "parent"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = _children(client, parents[0].info.run_id, parents[0].info.experiment_id)
+    assert list(children) == ["baseline"]
+    baseline = children["baseline"]
+    assert_contract(client, baseline)
+    assert baseline.data.params["epochs"] == "2"
+    assert len(client.get_metric_history(baseline.info.run_id, "epoch_energy_kwh")) == 2
+    assert baseline.data.tags["data_source"].startswith("synthetic:")
+    model = mlflow.pytorch.load_model(f"runs:/{baseline.info.run_id}/model")
+    assert model(torch.zeros(3, 3, 32, 32)).shape == (3, 100)
+    assert "parent run id: " + parents[0].info.run_id in result.stdout
+
+
+@pytest.mark.parametrize("model_name", ["resnet18", "efficientnet_b0"])
+def test_four_variants(model_name: str, tiny_data_dir: Path, tracking_uri: str) -> None:
+    """All four variants finish with the full contract; pruning cuts MACs, int8 shrinks the file."""
+    code = entry.main(["--model", model_name, "--data-dir", str(tiny_data_dir), "--experiment", "variants", *TINY_ARGS])
+    assert code == 0
+    client = MlflowClient(tracking_uri)
+    parent = next(run for run in _runs(client, "variants") if run.data.tags.get("kind") == "parent")
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["variants"] == "baseline,amp,pruned,quantized"
+    children = _children(client, parent.info.run_id, parent.info.experiment_id)
+    assert sorted(children) == ["amp", "baseline", "pruned", "quantized"]
+    for child in children.values():
+        assert_contract(client, child)
+    base, amp, pruned, quant = (children[v].data for v in ("baseline", "amp", "pruned", "quantized"))
+    assert amp.tags["precision"] == "bf16"
+    assert pruned.metrics["macs"] < pruned.metrics["macs_before"] == base.metrics["macs"]
+    assert pruned.metrics["macs_reduction"] > 0.3
+    assert pruned.tags["derived_from"] == children["baseline"].info.run_id
+    assert quant.tags["derived_from"] == children["baseline"].info.run_id
+    assert quant.tags["precision"] == "int8"
+    assert quant.metrics["model_size_mb"] < base.metrics["model_size_mb"]
+    assert quant.metrics["fp32_cpu_infer_images_per_second"] > 0
+    pruned_model = mlflow.pytorch.load_model(f"runs:/{children['pruned'].info.run_id}/model")
+    assert pruned_model(torch.zeros(3, 3, 32, 32)).shape == (3, 100)
+    int8_model = mlflow.pytorch.load_model(f"runs:/{children['quantized'].info.run_id}/model")
+    assert int8_model(torch.zeros(3, 3, 32, 32)).shape == (3, 100)
+    assert parent.data.metrics["energy_kwh"] == pytest.approx(
+        sum(child.data.metrics["energy_kwh"] for child in children.values()), rel=1e-6
+    )
+    table = Path(client.download_artifacts(parent.info.run_id, "variants.csv")).read_text().splitlines()
+    assert len(table) == 1 + 4 and table[0].startswith("variant,status,run_id,test_acc1")
+
+
+def test_failed_variant_marks_child_failed(tiny_data_dir: Path, tracking_uri: str) -> None:
+    """A variant that raises ends FAILED with its reason in `error`; the next variant still runs."""
+    from greenstudy.config import RunConfig
+    from greenstudy.energy import EnergyMeter
+    from greenstudy.run import prepare, run_variant
+    from greenstudy.variants import Bench
+
+    cfg = RunConfig(model="efficientnet_b0", data_dir=str(tiny_data_dir), download=False, epochs=1, batch_size=64,
+                    val_size=100, infer_batches=1, measure_power_secs=1, experiment="fails")
+    device, data = prepare(cfg)
+    bench = Bench(cfg, data, data, device, EnergyMeter(measure_power_secs=1))
+    mlflow.set_experiment("fails")
+    with mlflow.start_run() as parent:
+        pruned = run_variant(bench, "pruned", {"model": cfg.model})  # no trained baseline in this bench
+        amp = run_variant(bench, "amp", {"model": cfg.model})
+    bench.meter.stop()
+    client = MlflowClient(tracking_uri)
+    children = _children(client, parent.info.run_id, parent.info.experiment_id)
+    assert pruned.status == "FAILED" and children["pruned"].info.status == "FAILED"
+    assert "needs a trained baseline" in children["pruned"].data.tags["error"]
+    assert amp.status == "FINISHED" and children["amp"].info.status == "FINISHED"
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) >= 1
+    assert err[-1].startswith("error: ")
+    return err[-1]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--model", "vgg16"], "unknown model 'vgg16': choose one of resnet18, efficientnet_b0"),
+        (["--batch-size", "0"], "batch_size must be at least 1"),
+        (["--epochs", "-1"], "epochs must be at least 1"),
+        (["--variants", "baseline,fp8"], "unknown variant 'fp8'"),
+        (["--batch-size", "abc"], "invalid int value"),
+        (["--country-iso-code", "usa"], "country_iso_code"),
+    ],
+)
+def test_bad_parameters_fail_fast(args: list[str], expected: str, tracking_uri: str, tiny_data_dir: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    started = time.perf_counter()
+    with pytest.raises(SystemExit) if "abc" in args else _no_raise():
+        code = entry.main(["--data-dir", str(tiny_data_dir), *args])
+        assert code == 2
+    assert expected in _one_error_line(capsys)
+    assert time.perf_counter() - started < 10
+    assert _runs(MlflowClient(tracking_uri), "greenstudy-cifar100") == []
+
+
+class _no_raise:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return False
+
+
+def test_missing_data_offline(tmp_path: Path, tracking_uri: str, capsys: pytest.CaptureFixture[str],
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    started = time.perf_counter()
+    assert entry.main(["--data-dir", str(tmp_path / "nothing"), "--download", "false"]) == 2
+    line = _one_error_line(capsys)
+    assert "cifar100 not found" in line and "cifar-100-python.tar.gz" in line
+    # download=true with no network: still one line, within seconds (DNS fails fast offline; a reachable
+    # network would start a real download, which this test does not want).
+    if not os.environ.get("GREENSTUDY_TEST_ONLINE"):
+        assert entry.main(["--data-dir", str(tmp_path / "nothing")]) == 2
+        assert "not found and no network" in _one_error_line(capsys)
+    assert time.perf_counter() - started < 20
+    assert _runs(MlflowClient(tracking_uri), "greenstudy-cifar100") == []
+
+
+def test_corrupt_data_under_mlflow_run_is_failed(tiny_data_dir: Path, tmp_path: Path, tracking_uri: str) -> None:
+    """A corrupt pickle: one clear line, non-zero exit, and the run `mlflow run` created ends FAILED."""
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_data_dir, broken)
+    (broken / "cifar-100-python" / "train").write_bytes(b"this is not a pickle")
+    mlflow_bin = shutil.which("mlflow", path=str(Path(PYTHON).parent)) or "mlflow"
+    env = entry_env(tracking_uri)
+    env["PATH"] = f"{Path(PYTHON).parent}:{env['PATH']}"
+    started = time.perf_counter()
+    result = subprocess.run(
+        [mlflow_bin, "run", str(ROOT), "--env-manager", "local", "--experiment-name", "corrupt",
+         "-P", f"data_dir={broken}", "-P", "download=false"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0
+    assert any(line.startswith("error: corrupt data file") for line in result.stderr.splitlines()), result.stderr[-2000:]
+    assert time.perf_counter() - started < 60
+    runs = _runs(MlflowClient(tracking_uri), "corrupt")
+    assert runs and all(run.info.status == "FAILED" for run in runs)
+
+
+def test_unreachable_tracking_uri(tiny_data_dir: Path, tmp_path: Path) -> None:
+    env = entry_env("http://127.0.0.1:9")
+    started = time.perf_counter()
+    result = subprocess.run([PYTHON, str(ROOT / "mlproject" / "main.py"), "--data-dir", str(tiny_data_dir)],
+                            env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: MLflow tracking server http://127.0.0.1:9 is unreachable")
+    assert time.perf_counter() - started < 30
+
+
+def test_ctrl_c_marks_runs_killed_with_metrics(tiny_data_dir: Path, tracking_uri: str, tmp_path: Path) -> None:
+    """SIGINT during training: child and parent end KILLED, and the epochs logged so far are kept."""
+    command = [PYTHON, str(ROOT / "mlproject" / "main.py"), "--data-dir", str(tiny_data_dir), "--experiment", "kill",
+               "--model", "efficientnet_b0", "--variants", "baseline", *TINY_ARGS]
+    command[command.index("--epochs") + 1] = "200"
+    process = subprocess.Popen(command, env=entry_env(tracking_uri), cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = MlflowClient(tracking_uri)
+    deadline = time.monotonic() + 120
+    child = None
+    while time.monotonic() < deadline and process.poll() is None:
+        runs = [run for run in _runs(client, "kill") if run.data.tags.get("variant") == "baseline"]
+        if runs and client.get_metric_history(runs[0].info.run_id, "train_loss"):
+            child = runs[0]
+            break
+        time.sleep(0.5)
+    assert child is not None, "training never logged an epoch"
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err[-2000:]
+    statuses = {run.data.tags.get("kind", "child"): run.info.status for run in _runs(client, "kill")}
+    assert statuses == {"parent": "KILLED", "child": "KILLED"}
+    assert len(client.get_metric_history(child.info.run_id, "train_loss")) >= 1
