@@ -86,6 +86,7 @@ class TrainSetup:
     generator: torch.Generator
     scaler: torch.amp.GradScaler | None = None
     step_fn: Callable[..., torch.Tensor] | None = None
+    augment: bool = True
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.SGD:
@@ -114,7 +115,7 @@ def train_one_epoch(setup: TrainSetup, train: Split) -> tuple[float, float]:
     hits = torch.zeros((), device=setup.device, dtype=torch.long)
     seen = 0
     forward = setup.step_fn or model
-    for images, labels in train_batches(train, setup.batch_size, setup.generator):
+    for images, labels in train_batches(train, setup.batch_size, setup.generator, setup.augment):
         inputs = setup.normalize(images)
         with setup.precision.autocast(setup.device):
             logits = forward(inputs)
