@@ -1,0 +1,310 @@
+"""Training throughput and energy: the usual PyTorch recipe against our pipeline, in one process.
+
+    .venv/bin/python benchmarks/throughput.py --model resnet18 [--steps 12 --warmup 2 --rounds 3]
+
+Configurations, all on the same data and model architecture, measured after warm-up over the same
+number of steps, in alternating rounds (the order rotates each round) so machine noise hits all alike:
+  usual  torchvision-style CIFAR-100 Dataset of PIL images + RandomCrop/Flip/ToTensor/Normalize +
+         DataLoader(2 workers) + fp32 eager model + textbook SGD step with loss.item()
+  ours   greenstudy.train.train_one_epoch on the whole split held as uint8 on the device, augmented
+         there; fp32 / bf16 autocast, channels_last or not, torch.compile where tried.
+Prints images/s, CodeCarbon energy per 1,000 training images, model FLOP utilisation against a
+matmul peak measured in the same run, and the lines `fp32/usual = X.XX` and `best/usual = X.XX`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("CODECARBON_LOG_LEVEL", "error")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+from _common import (  # noqa: E402
+    DEFAULT_DATA_DIR,
+    find_data,
+    load_average,
+    machine_line,
+    peak_flops,
+    synchronize,
+    usual_loader,
+    usual_optimizer,
+    usual_step,
+)
+from torch import nn  # noqa: E402
+
+from greenstudy.cli import one_line_parser, run_cli  # noqa: E402
+from greenstudy.config import MODELS  # noqa: E402
+from greenstudy.data import CifarData, Normalizer, Split  # noqa: E402
+from greenstudy.energy import EnergyMeter  # noqa: E402
+from greenstudy.errors import ConfigError  # noqa: E402
+from greenstudy.models import build_model, count_macs_params  # noqa: E402
+from greenstudy.train import (  # noqa: E402
+    Precision,
+    TrainSetup,
+    make_optimizer,
+    make_scheduler,
+    mixed_precision_for,
+    resolve_device,
+    set_cpu_threads,
+    train_one_epoch,
+)
+
+LR = 0.05
+LABEL_SMOOTHING = 0.1
+
+
+@dataclass
+class Result:
+    """What one configuration measured, summed over rounds."""
+
+    label: str
+    precision: str
+    images: int = 0
+    seconds: float = 0.0
+    energy_kwh: float = 0.0
+    warmup_seconds: float = 0.0
+    rounds: list[float] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+    @property
+    def wh_per_1k(self) -> float:
+        return self.energy_kwh * 1e6 / self.images if self.images else 0.0
+
+
+class UsualRecipe:
+    """The usual recipe, as plainly as a user writes it."""
+
+    label = "usual (PIL + DataLoader, fp32 eager)"
+    precision = "fp32"
+
+    def __init__(self, model_name: str, folder: Path, batch_size: int, workers: int, device: torch.device):
+        torch.manual_seed(0)
+        self.device = device
+        self.model = build_model(model_name, 100).to(device)
+        self.model.train()
+        self.optimizer = usual_optimizer(self.model, LR)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=LABEL_SMOOTHING)
+        self.loader = usual_loader(folder, batch_size, workers)
+        self.batches: Iterator = iter(self.loader)
+
+    def _next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            return next(self.batches)
+        except StopIteration:
+            self.batches = iter(self.loader)
+            return next(self.batches)
+
+    def run(self, steps: int) -> tuple[int, float]:
+        images = 0
+        started = time.perf_counter()
+        for _ in range(steps):
+            inputs, targets = self._next()
+            usual_step(self.model, self.optimizer, self.criterion, inputs, targets, self.device)
+            images += targets.shape[0]
+        synchronize(self.device)
+        return images, time.perf_counter() - started
+
+    def close(self) -> None:
+        del self.batches
+
+
+class OurPipeline:
+    """greenstudy's training loop on data held on the device, in one precision / memory format."""
+
+    def __init__(
+        self, model_name: str, data: CifarData, batch_size: int, device: torch.device, precision: Precision,
+        channels_last: bool, compiled: bool, total_steps: int,
+    ):
+        torch.manual_seed(0)
+        self.label = f"ours {precision.name} ({'channels_last' if channels_last else 'contiguous'}" + (
+            ", compiled)" if compiled else ")")
+        self.precision = precision.name
+        self.train = data.train
+        self.batch_size = batch_size
+        model = build_model(model_name, data.num_classes).to(device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = make_optimizer(model, LR, 5e-4)
+        self.setup = TrainSetup(
+            model=model, optimizer=optimizer, scheduler=make_scheduler(optimizer, LR, total_steps),
+            normalize=Normalizer(data.mean, data.std, device, channels_last), precision=precision,
+            label_smoothing=LABEL_SMOOTHING, batch_size=batch_size, device=device,
+            generator=torch.Generator(device=device).manual_seed(0),
+            scaler=torch.amp.GradScaler(device.type) if precision.needs_scaler else None,
+            step_fn=torch.compile(model) if compiled else None,
+        )
+        self.picker = torch.Generator(device=device).manual_seed(1)
+
+    def run(self, steps: int) -> tuple[int, float]:
+        # `steps` batches' worth of the split, drawn before the clock starts; train_one_epoch then
+        # shuffles, gathers, augments and normalises them on the device exactly as in a real epoch.
+        pick = torch.randperm(len(self.train), device=self.train.images.device, generator=self.picker)
+        pick = pick[: steps * self.batch_size]
+        part = Split(self.train.images[pick], self.train.labels[pick])
+        synchronize(self.setup.device)
+        started = time.perf_counter()
+        train_one_epoch(self.setup, part)
+        synchronize(self.setup.device)
+        return steps * self.batch_size, time.perf_counter() - started
+
+    def close(self) -> None:
+        pass
+
+
+def candidates(device: torch.device, compile_mode: str) -> list[tuple[Precision, bool, bool]]:
+    """(precision, channels_last, compiled) for every configuration of ours to try; the first is
+    our fp32 default (channels_last, compile as `auto` resolves it on this device)."""
+    default_compile = device.type == "cuda"
+    compiles = {"true": [True, False], "false": [False], "auto": [True, False] if default_compile else [False]}[compile_mode]
+    fp32, mixed = Precision(), mixed_precision_for(device)
+    combos = [(fp32, True, default_compile and compile_mode != "false")]
+    for precision in (fp32, mixed):
+        for channels_last in (True, False):
+            for compiled in compiles:
+                if (precision, channels_last, compiled) not in combos:
+                    combos.append((precision, channels_last, compiled))
+    return combos
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = one_line_parser("Images/s and energy per 1,000 training images: usual recipe vs our pipeline.")
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=12, help="measured steps per configuration (all rounds)")
+    parser.add_argument("--warmup", type=int, default=2, help="unmeasured steps per configuration first")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds the steps are split into")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the usual recipe")
+    parser.add_argument("--compile", default="auto", help="try torch.compile: auto (CUDA only), true, false")
+    parser.add_argument("--only", default="", help="comma-separated labels to keep (e.g. 'fp32 (channels_last)')")
+    parser.add_argument("--peak-size", type=int, default=4096, help="matmul size for the peak FLOP/s")
+    parser.add_argument("--measure-power-secs", type=float, default=15.0)
+    args = parser.parse_args(argv)
+    if args.model not in MODELS:
+        raise ConfigError(f"unknown model {args.model!r}: choose one of {', '.join(MODELS)}")
+    if args.compile not in ("auto", "true", "false"):
+        raise ConfigError(f"--compile must be auto, true or false, got {args.compile!r}")
+    for name in ("batch_size", "steps", "rounds", "peak_size"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.warmup < 0 or args.workers < 0:
+        raise ConfigError("--warmup and --workers must be 0 or more")
+    if args.steps < args.rounds:
+        raise ConfigError(f"--steps ({args.steps}) must be at least --rounds ({args.rounds})")
+    return args
+
+
+def round_steps(steps: int, rounds: int) -> list[int]:
+    """`steps` split into `rounds` near-equal parts."""
+    return [steps // rounds + (1 if r < steps % rounds else 0) for r in range(rounds)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    device = resolve_device(args.device)
+    threads_before = torch.get_num_threads()
+    if device.type == "cpu":
+        set_cpu_threads()
+    data, folder = find_data(args.data_dir)
+    if len(data.train) < args.batch_size * max(args.steps, args.warmup, 1):
+        print(f"note: {len(data.train)} training images; configurations reuse them across steps")
+    data = data.to(device)
+    print(f"greenstudy throughput benchmark: {args.model}, batch {args.batch_size}, {args.steps} measured steps "
+          f"per configuration in {args.rounds} alternating rounds after {args.warmup} warm-up steps")
+    kind = "SYNTHETIC (no real CIFAR-100 found)" if data.source.startswith("synthetic") else "real CIFAR-100"
+    print(f"data: {kind}, {data.source} ({len(data.train)} training images)")
+    print(machine_line(device) + f" (torch default was {threads_before})")
+
+    peaks = {"fp32": peak_flops(device, torch.float32, args.peak_size), "bf16": peak_flops(device, torch.bfloat16, args.peak_size)}
+    if device.type == "cuda":
+        peaks["fp16"] = peak_flops(device, torch.float16, args.peak_size)
+
+    total_steps = args.warmup + args.steps
+    runners: list[UsualRecipe | OurPipeline] = [UsualRecipe(args.model, folder, args.batch_size, args.workers, device)]
+    for precision, channels_last, compiled in candidates(device, args.compile):
+        runners.append(OurPipeline(args.model, data, args.batch_size, device, precision, channels_last, compiled, total_steps))
+    if args.only:
+        keep = [part.strip() for part in args.only.split(",") if part.strip()]
+        runners = [r for r in runners if r is runners[0] or r is runners[1] or any(k in r.label for k in keep)]
+    macs, _ = count_macs_params(build_model(args.model, 100).to(device))
+
+    results = {runner.label: Result(runner.label, runner.precision) for runner in runners}
+    for runner in runners:  # warm-up: first-call costs (worker start, allocator, compilation) stay out
+        started = time.perf_counter()
+        if args.warmup:
+            runner.run(args.warmup)
+        results[runner.label].warmup_seconds = time.perf_counter() - started
+        print(f"  warmed up {runner.label}: {results[runner.label].warmup_seconds:.1f} s", flush=True)
+
+    meter = EnergyMeter(measure_power_secs=args.measure_power_secs)
+    meter.start()  # CodeCarbon's ~1.6 s start stays out of the first phase
+    for index, steps in enumerate(round_steps(args.steps, args.rounds)):
+        order = runners[index % len(runners):] + runners[: index % len(runners)]
+        for runner in order:
+            result = results[runner.label]
+            with meter.phase(f"{runner.label}/round{index}") as phase:
+                images, seconds = runner.run(steps)
+            result.images += images
+            result.seconds += seconds
+            result.energy_kwh += phase.energy_kwh
+            result.rounds.append(images / seconds)
+        print(f"  round {index + 1}/{args.rounds} done (load {load_average()})", flush=True)
+    energy_method = meter.energy_method()
+    meter.stop()
+    for runner in runners:
+        runner.close()
+    peaks["fp32"] = max(peaks["fp32"], peak_flops(device, torch.float32, args.peak_size))
+    peaks["bf16"] = max(peaks["bf16"], peak_flops(device, torch.bfloat16, args.peak_size))
+
+    print_report(args, results, runners, macs, peaks, energy_method)
+    return 0
+
+
+def print_report(
+    args: argparse.Namespace, results: dict[str, Result], runners: list, macs: int, peaks: dict[str, float],
+    energy_method: str,
+) -> None:
+    usual, fp32 = results[runners[0].label], results[runners[1].label]
+    ours = [results[r.label] for r in runners[1:]]
+    best = max(ours, key=lambda r: r.images_per_second)
+    flop_per_image = 3 * 2 * macs
+    print()
+    print(f"peak ({args.peak_size}^2 matmul): " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items()))
+    print(f"forward MACs per image: {macs / 1e6:.1f} M -> {flop_per_image / 1e9:.2f} GFLOP per training image (3 x 2 x MACs)")
+    print(f"energy: CodeCarbon ({energy_method})")
+    print()
+    header = f"{'configuration':<40} {'img/s':>8} {'per round':>20} {'Wh/1k img':>10} {'speed':>6} {'energy':>7} {'MFU':>6}"
+    print(header)
+    print("-" * len(header))
+    for result in [usual, *ours]:
+        speed = result.images_per_second / usual.images_per_second
+        energy = result.wh_per_1k / usual.wh_per_1k if usual.wh_per_1k else float("nan")
+        mfu = flop_per_image * result.images_per_second / peaks[result.precision]
+        per_round = "/".join(f"{r:.0f}" for r in result.rounds)
+        print(f"{result.label:<40} {result.images_per_second:>8.1f} {per_round:>20} {result.wh_per_1k:>10.4f} "
+              f"{speed:>6.2f} {energy:>7.2f} {100 * mfu:>5.1f}%")
+    print("(speed and energy relative to the usual recipe; MFU = achieved training FLOP/s over the matmul peak of its precision)")
+    print()
+    print(f"fp32 = {fp32.label}")
+    print(f"best = {best.label}")
+    print(f"fp32/usual = {fp32.images_per_second / usual.images_per_second:.2f}")
+    print(f"best/usual = {best.images_per_second / usual.images_per_second:.2f}")
+    if usual.wh_per_1k:
+        print(f"energy per 1k images: fp32 {fp32.wh_per_1k / usual.wh_per_1k:.2f}x, "
+              f"best {best.wh_per_1k / usual.wh_per_1k:.2f}x the usual recipe's")
+    print(f"load average at the end: {load_average()}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
