@@ -537,14 +537,17 @@ def parent_experiments(client: MlflowClient, parent_run_ids: list[str]) -> list[
 
 
 def fetch_curves(client: MlflowClient, points: Sequence[RunPoint]) -> list[Curve]:
-    """Learning curves from the metric history of every run that logged epochs (quantized runs do not:
-    they are not trained). A run derived from another reported run starts at that run's training energy."""
+    """Learning curves from the metric history of every run that logged epochs. A run derived from another
+    reported run (tag `derived_from`: pruned) starts at that run's training energy; one whose history is a
+    copy of the run it derives from (quantized repeats its baseline's epochs) is not drawn twice."""
     histories = {p.run_id: _history(client, p.run_id) for p in points}
     trained = {run_id: sum(energy.values()) for run_id, (_, energy) in histories.items()}
     curves = []
     for p in points:
         acc, energy = histories[p.run_id]
         parent = p.tags.get("derived_from", "")
+        if parent in histories and histories[parent] == histories[p.run_id]:
+            continue
         offset = trained.get(parent, 0.0)
         xs, ys = cumulative_curve(acc, energy, offset)
         if xs:
