@@ -106,7 +106,6 @@ class RunConfig:
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
         non_negative = {
-            "epochs": self.epochs,
             "train_subset": self.train_subset,
             "val_size": self.val_size,
             "test_subset": self.test_subset,
