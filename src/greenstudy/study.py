@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import tempfile
 import time
 import warnings
@@ -193,8 +194,12 @@ def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.RDBStorage
             "sqlite:///optuna.db or postgresql://user@host:5432/db"
         ) from None
     engine_kwargs: dict[str, object] = {}
-    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
-        engine_kwargs["connect_args"] = {"connect_timeout": STORAGE_CONNECT_TIMEOUT_S}
+    if parsed.get_backend_name() == "postgresql":
+        if parsed.drivername == "postgresql":
+            # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the project pins psycopg2-binary
+            url = parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+        if "connect_timeout" not in parsed.query:
+            engine_kwargs["connect_args"] = {"connect_timeout": STORAGE_CONNECT_TIMEOUT_S}
     heartbeat_kwargs = {"heartbeat_interval": HEARTBEAT_INTERVAL_S, "grace_period": HEARTBEAT_GRACE_S} if heartbeat else {}
     for attempt in range(4):
         try:
@@ -256,6 +261,8 @@ def create_or_load_study(
 
 def load_existing_study(storage_url: str, name: str | None) -> optuna.Study:
     """A study that must exist (for `study show`); one clear line listing the names otherwise."""
+    if storage_url.startswith("sqlite:///") and not Path(storage_url[len("sqlite:///"):]).is_file():
+        raise ConfigError(f"no Optuna storage file {storage_url[len('sqlite:///'):]}: check --storage")
     storage = open_storage(storage_url, heartbeat=False)
     names = [summary.study_name for summary in optuna.get_all_study_summaries(storage)]
     if name is None:
@@ -279,7 +286,7 @@ def hypervolume_2d(points: list[tuple[float, float]], reference: tuple[float, fl
     useful = sorted((energy, acc) for acc, energy in points if acc > acc_ref and energy < energy_ref)
     area, best = 0.0, acc_ref
     next_energies = [energy for energy, _ in useful[1:]] + [energy_ref]
-    for (energy, acc), next_energy in zip(useful, next_energies, strict=True):
+    for (energy, acc), next_energy in zip(useful, next_energies[: len(useful)], strict=True):
         best = max(best, acc)
         area += (next_energy - energy) * (best - acc_ref)
     return area
@@ -457,6 +464,10 @@ class StudyOutcome:
 def run_study(config: StudyConfig) -> StudyOutcome:
     """Check inputs (storage, data, study settings) before any MLflow run exists, then run
     `n_trials` new trials under one parent run."""
+    cfg = config.run
+    storage_url = default_storage_url() if config.storage == "auto" else config.storage
+    storage = open_storage(storage_url)  # first: a bad URL fails before the slow imports below
+
     import mlflow
     import torch
 
@@ -465,9 +476,6 @@ def run_study(config: StudyConfig) -> StudyOutcome:
     from greenstudy.tracking import run_scope
     from greenstudy.variants import Bench
 
-    cfg = config.run
-    storage_url = default_storage_url() if config.storage == "auto" else config.storage
-    storage = open_storage(storage_url)
     device, cpu_data = prepare(cfg)
     if max(config.batch_choices) > len(cpu_data.train):
         raise ConfigError(
@@ -520,6 +528,10 @@ def run_study(config: StudyConfig) -> StudyOutcome:
     def remember(study: optuna.Study, trial: FrozenTrial) -> None:
         session_trials.append(trial)
 
+    if not os.environ.get("MLFLOW_RUN_ID"):
+        # Two workers creating the experiment at the same moment: MLflow 3.17's set_experiment returns
+        # without activating it for the loser of the race; the call in run_scope then finds it.
+        mlflow.set_experiment(cfg.experiment_name)
     front_logger = FrontLogger(config.hv_ref_energy_kwh)
     run_name = f"study-{config.study_name}"
     parent_tags = {**tags, "kind": "study", "optuna_storage": shown_storage, "optuna_sampler": config.sampler}

@@ -1,0 +1,51 @@
+"""The package command line: `greenstudy <command> <subcommand> ...` (also `python -m greenstudy`).
+
+Commands register themselves in `COMMANDS`: a function that adds its subparser(s) and sets
+`handler` (args -> exit code). `study show` prints an Optuna study's Pareto front as a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from greenstudy.cli import one_line_parser, run_cli
+
+
+def _study_show(args: argparse.Namespace) -> int:
+    from greenstudy.study import default_storage_url, load_existing_study, study_summary_lines
+
+    storage = default_storage_url() if args.storage == "auto" else args.storage
+    study = load_existing_study(storage, args.study_name)
+    print("\n".join(study_summary_lines(study)))
+    return 0
+
+
+def _add_study(commands: argparse._SubParsersAction) -> None:
+    study = commands.add_parser("study", help="inspect Optuna studies made by the `tune` entry point")
+    actions = study.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = actions.add_parser("show", help="print a study's trial counts, hypervolume and Pareto front")
+    show.add_argument("--storage", default="auto", help="SQLAlchemy URL; auto: optuna.db next to the MLflow store")
+    show.add_argument("--study-name", default=None, help="needed when the storage holds several studies")
+    show.set_defaults(handler=_study_show)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_study]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = one_line_parser("greenstudy: what image classifiers cost the planet.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    return run_cli(lambda: args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
