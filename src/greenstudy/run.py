@@ -96,6 +96,7 @@ def run_variant(bench: Bench, variant: str, tags: dict[str, str]) -> ChildOutcom
     cfg = bench.cfg
     child_tags = {**tags, "variant": variant}
     bench.last_epoch = {}
+    run_id = ""
     try:
         with run_scope(f"{cfg.model}-{variant}", cfg.experiment_name, nested=True, tags=child_tags) as run:
             run_id = run.info.run_id
@@ -118,8 +119,8 @@ def run_variant(bench: Bench, variant: str, tags: dict[str, str]) -> ChildOutcom
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # noqa: BLE001 - one variant failing must not stop the others
-        active = mlflow.last_active_run()
-        return ChildOutcome(variant, active.info.run_id if active else "", "FAILED", error=f"{type(exc).__name__}: {exc}")
+        # the child's own id (mlflow.last_active_run() would name the still-active parent)
+        return ChildOutcome(variant, run_id, "FAILED", error=f"{type(exc).__name__}: {exc}")
 
 
 def write_variants_table(children: list[ChildOutcome], path: Path) -> Path:
