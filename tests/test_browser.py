@@ -92,8 +92,13 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, objec
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mp.delenv("MLFLOW_RUN_ID", raising=False)
+        mp.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # mlflow.set_experiment sets it; undone on exit
+        previous = mlflow.get_tracking_uri()
         mlflow.set_tracking_uri(uri)
-        report = build_report(EXPERIMENT)
+        try:
+            report = build_report(EXPERIMENT)
+        finally:
+            mlflow.set_tracking_uri(previous)
     port = _free_port()
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)

@@ -91,8 +91,13 @@ def store(tmp_path_factory: pytest.TempPathFactory, tiny_data_dir: Path) -> dict
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mp.delenv("MLFLOW_RUN_ID", raising=False)
+        mp.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # mlflow.set_experiment sets it; undone on exit
+        previous = mlflow.get_tracking_uri()
         mlflow.set_tracking_uri(uri)
-        yield {"uri": uri, "client": client, "experiment_id": experiment_id, "ids": ids, "tmp": tmp}
+        try:
+            yield {"uri": uri, "client": client, "experiment_id": experiment_id, "ids": ids, "tmp": tmp}
+        finally:
+            mlflow.set_tracking_uri(previous)
 
 
 def _children(client: MlflowClient, experiment_id: str) -> list:

@@ -582,8 +582,10 @@ def build_report(
     message = _message(experiment, points, skipped, rows)
     tags = {"kind": "report", "report_empty": str(not points).lower()}
     with run_scope("report", experiment, tags=tags) as run:
-        mlflow.log_params({"experiment": experiment, "parent_run_ids": ",".join(parents) or "none",
-                           "filter": filter_string or "", "aggregate": aggregate})
+        wanted = {"experiment": experiment, "parent_run_ids": ",".join(parents) or "none",
+                  "filter": filter_string or "", "aggregate": aggregate}
+        logged = mlflow.get_run(run.info.run_id).data.params  # `mlflow run` logged the entry point's params already
+        mlflow.log_params({k: v for k, v in wanted.items() if k not in logged})
         result = ReportResult(experiment, run.info.run_id, run.info.artifact_uri, rows, points, skipped)
         with tempfile.TemporaryDirectory() as tmp:
             result.counts = _write_artifacts(result, curves, aggregate, message, Path(tmp))
