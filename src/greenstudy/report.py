@@ -184,11 +184,9 @@ def comparison_rows(points: Sequence[RunPoint], aggregate: str = "latest") -> li
     comparisons with the same model's baseline row (empty where the model has no baseline)."""
     if aggregate not in AGGREGATES:
         raise ConfigError(f"unknown aggregate {aggregate!r}: choose one of {', '.join(AGGREGATES)}")
-    groups: dict[tuple[str, str], list[RunPoint]] = {}
-    for point in points:
-        groups.setdefault((point.model, point.variant), []).append(point)
     rows = []
-    for (model, variant), members in sorted(groups.items(), key=lambda kv: (kv[0][0], _variant_rank(kv[0][1]))):
+    groups = sorted(_grouped(points).items(), key=lambda kv: (kv[0][0], _variant_rank(kv[0][1])))
+    for (model, variant), members in groups:
         latest = max(members, key=lambda p: p.start_time)
         row: dict[str, object] = {"model": model, "variant": variant, "n_runs": len(members), "run_id": latest.run_id}
         for name in TABLE_METRICS:
@@ -269,7 +267,7 @@ DISPLAY_COLUMNS = (  # (header, column, format) of the human-readable table
     ("model", "model", "{}"), ("variant", "variant", "{}"), ("runs", "n_runs", "{}"),
     ("test acc@1 %", "test_acc1", "{:.2f}"), ("energy kWh", "energy_kwh", "{:.3g}"),
     ("emissions kg", "emissions_kg", "{:.3g}"), ("infer Wh/1k img", "infer_energy_wh_per_1k_images", "{:.3g}"),
-    ("infer img/s", "infer_images_per_second", "{:.0f}"), ("params M", "params", "{:.2f}", ),
+    ("infer img/s", "infer_images_per_second", "{:.0f}"), ("params M", "params", "{:.2f}"),
     ("MACs M", "macs", "{:.1f}"), ("size MB", "model_size_mb", "{:.2f}"),
     ("Δacc pts", "test_acc1_delta_vs_baseline", "{:+.2f}"), ("energy ×", "energy_kwh_vs_baseline", "{:.2f}"),
     ("infer energy ×", "infer_energy_vs_baseline", "{:.2f}"), ("infer speed ×", "infer_speed_vs_baseline", "{:.2f}"),
