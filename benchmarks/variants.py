@@ -1,0 +1,112 @@
+"""The four variants of one model on the same data in one process, as one table of ratios to baseline.
+
+    .venv/bin/python benchmarks/variants.py --model resnet18 --train-subset 2000 --epochs 2 --test-subset 1000
+
+Runs greenstudy.run.run_main (the real thing: a parent MLflow run with one child per variant, in a
+SQLite store in a temp dir unless --tracking-uri is given) and prints, per variant: top-1 accuracy and
+its delta to baseline, total energy and its ratio, inference images/s and energy per 1,000 images
+and their ratios, model size and its ratio, MACs. All figures are the ones the child runs logged.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("CODECARBON_LOG_LEVEL", "error")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import mlflow  # noqa: E402
+from _common import DEFAULT_DATA_DIR, load_average, machine_line  # noqa: E402
+
+from greenstudy.cli import one_line_parser, run_cli  # noqa: E402
+from greenstudy.config import RunConfig, parse_variants  # noqa: E402
+from greenstudy.run import ChildOutcome, run_main  # noqa: E402
+from greenstudy.train import resolve_device  # noqa: E402
+
+
+def parse(argv: list[str]) -> tuple[RunConfig, str]:
+    parser = one_line_parser("All four variants of one model, one table of ratios against baseline.")
+    add = parser.add_argument
+    add("--model", default="resnet18")
+    add("--data-dir", default=DEFAULT_DATA_DIR)
+    add("--device", default="auto")
+    add("--epochs", type=int, default=2)
+    add("--train-subset", type=int, default=2000)
+    add("--val-size", type=int, default=500)
+    add("--test-subset", type=int, default=1000)
+    add("--batch-size", type=int, default=128)
+    add("--infer-batches", type=int, default=10)
+    add("--calib-batches", type=int, default=8)
+    add("--finetune-epochs", type=int, default=-1)
+    add("--variants", default="baseline,amp,pruned,quantized")
+    add("--measure-power-secs", type=float, default=15.0)
+    add("--tracking-uri", default="", help="MLflow store to keep the runs in (default: a temp SQLite store)")
+    args = vars(parser.parse_args(argv))
+    args["variants"] = parse_variants(args["variants"])
+    args["download"] = False
+    args["experiment"] = "greenstudy-variants-benchmark"
+    uri = args.pop("tracking_uri")
+    return RunConfig(**args), uri
+
+
+def _ratio(value: float | None, base: float | None) -> str:
+    if value is None or not base:
+        return "-"
+    return f"{value / base:.2f}x"
+
+
+def table(children: list[ChildOutcome]) -> list[str]:
+    """One row per variant; ratios against the baseline child."""
+    base = next((c.metrics for c in children if c.variant == "baseline" and c.status == "FINISHED"), {})
+    header = (f"{'variant':<10} {'status':<8} {'acc1 %':>7} {'d acc':>6} {'energy Wh':>10} {'x':>6} {'infer img/s':>12} "
+              f"{'x':>6} {'infer Wh/1k':>12} {'x':>6} {'size MB':>8} {'x':>6} {'MACs M':>8}")
+    lines = [header, "-" * len(header)]
+    for child in children:
+        m = child.metrics
+        if child.status != "FINISHED":
+            lines.append(f"{child.variant:<10} {child.status:<8} {child.error}")
+            continue
+        delta = m["test_acc1"] - base["test_acc1"] if base else float("nan")
+        lines.append(
+            f"{child.variant:<10} {child.status:<8} {m['test_acc1']:>7.2f} {delta:>+6.2f} {m['energy_kwh'] * 1000:>10.3f} "
+            f"{_ratio(m['energy_kwh'], base.get('energy_kwh')):>6} {m['infer_images_per_second']:>12.0f} "
+            f"{_ratio(m['infer_images_per_second'], base.get('infer_images_per_second')):>6} "
+            f"{m['infer_energy_wh_per_1k_images']:>12.4f} "
+            f"{_ratio(m['infer_energy_wh_per_1k_images'], base.get('infer_energy_wh_per_1k_images')):>6} "
+            f"{m['model_size_mb']:>8.2f} {_ratio(m['model_size_mb'], base.get('model_size_mb')):>6} {m['macs'] / 1e6:>8.1f}"
+        )
+    quantized = next((c.metrics for c in children if c.variant == "quantized" and c.status == "FINISHED"), None)
+    if quantized and "fp32_cpu_infer_images_per_second" in quantized:
+        lines.append(
+            f"quantized vs the fp32 baseline on the same CPU, same process: inference "
+            f"{quantized['infer_images_per_second'] / quantized['fp32_cpu_infer_images_per_second']:.2f}x images/s, "
+            f"{quantized['infer_energy_wh_per_1k_images'] / quantized['fp32_cpu_infer_energy_wh_per_1k_images']:.2f}x "
+            "energy per 1k images"
+        )
+    lines.append("(energy = the child's whole energy: training + evaluation + inference benchmark; the quantized child's "
+                 "training energy is its calibration)")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, uri = parse(sys.argv[1:] if argv is None else argv)
+    with tempfile.TemporaryDirectory() as store:
+        mlflow.set_tracking_uri(uri or f"sqlite:///{Path(store) / 'mlflow.db'}")
+        os.environ["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
+        print(f"greenstudy variants benchmark: {cfg.model}, {cfg.epochs} epochs on {cfg.train_subset or 'all'} training "
+              f"images, test on {cfg.test_subset or 'all'}, batch {cfg.batch_size}, variants {','.join(cfg.variants)}")
+        print(machine_line(resolve_device(cfg.device)))
+        outcome = run_main(cfg)
+        print(f"data: {mlflow.get_run(outcome.parent_run_id).data.tags.get('data_source')}")
+        print()
+        print("\n".join(table(outcome.children)))
+        print(f"load average at the end: {load_average()}")
+    return 1 if outcome.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
