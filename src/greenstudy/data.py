@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pickle
 import socket
+import stat
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -121,6 +122,11 @@ def _network_reachable(url: str, timeout_s: float = 3.0) -> bool:
         return False
 
 
+def _writable(folder: Path) -> bool:
+    """Writable by its permission bits too (root passes os.access even on a read-only share)."""
+    return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & stat.S_IWUSR)
+
+
 def _extract(archive: Path, into: Path) -> None:
     into.mkdir(parents=True, exist_ok=True)
     try:
@@ -140,7 +146,7 @@ def locate_dataset(dataset: str, data_dir: str | Path, download: bool = True) ->
             return candidate
     archive = root / spec.archive
     if archive.is_file():
-        target = root if os.access(root, os.W_OK) else _cache_dir()
+        target = root if _writable(root) else _cache_dir()
         _extract(archive, target)
         return target / spec.folder
     hint = f"put {spec.folder}/ or {spec.archive} in {root.resolve()} (or point data_dir / GREENSTUDY_DATA at them)"
