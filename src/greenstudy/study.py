@@ -28,7 +28,7 @@ test set is measured and logged by each trial but never used to select.
 Failures: a trial whose training raises (NaN loss -> TrainingDiverged, out of memory, any
 exception) is FAILED in MLflow with the reason (tag `error`) and FAIL in Optuna (user attribute
 `fail_reason`); the study goes on. To force one deliberately, enqueue a trial whose lr diverges
-(`study.enqueue_trial({"batch_size": 16, "base_lr": 1e4})` on a `tuned` study) and resume.
+(`study.enqueue_trial({"batch_size": 16, "base_lr": 1e6})` on a `tuned` study) and resume.
 
 Hypervolume: the area dominated by the Pareto front up to a reference point with val_acc1 = 0 %
 and train energy = `hv_ref_energy_kwh`, by default twice the largest energy among the completed
@@ -550,7 +550,7 @@ def run_study(config: StudyConfig) -> StudyOutcome:
         try:
             study.optimize(
                 objective, n_trials=config.n_trials, timeout=config.timeout_s, catch=(TrialFailed,),
-                callbacks=[remember, front_logger], gc_after_trial=True,
+                callbacks=[remember, front_logger],
             )
         finally:
             front_logger(study)  # again at the end: other workers may have finished trials meanwhile
