@@ -503,10 +503,8 @@ def run_study(config: StudyConfig) -> StudyOutcome:
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
         batch_size = trial.suggest_categorical("batch_size", config.batch_choices)
-        if config.lr_scaling == "tuned":
-            base_lr = trial.suggest_float("base_lr", *config.tuned_lr_range, log=True)
-        else:
-            base_lr = cfg.lr
+        tuned = config.lr_scaling == "tuned"
+        base_lr = trial.suggest_float("base_lr", *config.tuned_lr_range, log=True) if tuned else cfg.lr
         lr = scaled_lr(base_lr, batch_size, cfg.batch_size, config.lr_scaling)
         trial.set_user_attr("lr", lr)
         trial_cfg = cfg.replace(batch_size=batch_size, lr=lr)
