@@ -186,7 +186,8 @@ def test_learning_curves_from_metric_history(store: dict[str, object]) -> None:
     assert ids["r18_quantized"] not in curves and len(curves) == 4
     assert curves[ids["r18_baseline"]].energy_kwh == pytest.approx([1e-4, 2e-4]) and curves[ids["r18_baseline"]].val_acc1 == [5.0, 9.0]
     pruned = curves[ids["r18_pruned"]]
-    assert pruned.derived and pruned.energy_kwh == pytest.approx([2e-4 + 5e-5])  # starts where its baseline ended
+    assert pruned.derived and pruned.energy_kwh == pytest.approx([2e-4, 2e-4 + 5e-5])  # starts where its baseline ended
+    assert pruned.val_acc1 == [9.0, 8.0]
     real = [p for p in points if p.model == "efficientnet_b0"]
     for point in real:
         history = client.get_metric_history(point.run_id, "epoch_energy_kwh")

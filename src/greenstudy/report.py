@@ -536,7 +536,7 @@ def parent_experiments(client: MlflowClient, parent_run_ids: list[str]) -> list[
 
 def fetch_curves(client: MlflowClient, points: Sequence[RunPoint]) -> list[Curve]:
     """Learning curves from the metric history of every run that logged epochs. A run derived from another
-    reported run (tag `derived_from`: pruned) starts at that run's training energy; one whose history is a
+    reported run (tag `derived_from`: pruned) starts at that run's last epoch; one whose history is a
     copy of the run it derives from (quantized repeats its baseline's epochs) is not drawn twice."""
     histories = {p.run_id: _history(client, p.run_id) for p in points}
     trained = {run_id: sum(energy.values()) for run_id, (_, energy) in histories.items()}
@@ -548,6 +548,9 @@ def fetch_curves(client: MlflowClient, points: Sequence[RunPoint]) -> list[Curve
             continue
         offset = trained.get(parent, 0.0)
         xs, ys = cumulative_curve(acc, energy, offset)
+        if xs and parent in trained and histories[parent][0]:  # joined to where its parent's training ended
+            parent_acc = histories[parent][0]
+            xs, ys = [offset, *xs], [parent_acc[max(parent_acc)], *ys]
         if xs:
             curves.append(Curve(p.run_id, p.label, xs, ys, derived=parent in trained))
     return curves
