@@ -371,7 +371,8 @@ def plot_energy_breakdown(points: Sequence[RunPoint], path: Path) -> int:
     """CPU / GPU / RAM energy stacked per run, one panel per phase (train, eval, inference); returns the
     number of runs drawn (bars per panel)."""
     labels = _run_labels(points)
-    fig, axes = plt.subplots(1, len(PHASES), figsize=(max(9, 1.1 * len(points) * len(PHASES)), 5), layout="constrained")
+    width = min(18.0, max(9.0, 3 + 0.5 * len(points) * len(PHASES)))
+    fig, axes = plt.subplots(1, len(PHASES), figsize=(width, 5), layout="constrained")
     breakdowns = [phase_breakdown(p) for p in points]
     for ax, phase in zip(axes, PHASES, strict=True):
         bottom = [0.0] * len(points)
