@@ -6,7 +6,7 @@ SHARED_DATA := $(abspath ../shared/data)
 export MLFLOW_DISABLE_TELEMETRY := true
 export CODECARBON_LOG_LEVEL := warning
 
-.PHONY: install demo test lint system-deps clean
+.PHONY: install demo report test lint system-deps clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -22,6 +22,9 @@ system-deps:
 
 demo: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m greenstudy.demo --shared-data "$(SHARED_DATA)"
+
+report: install
+	$(BIN)/python mlproject/report.py --experiment greenstudy-cifar100
 
 test: install system-deps
 	$(BIN)/ruff check .
