@@ -183,3 +183,34 @@ def test_throughput_benchmark_rejects_bad_input() -> None:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip().startswith("error: unknown model 'vgg'")
+
+
+def test_overhead_benchmark_tracks_real_runs_and_prints_the_overhead(tiny_data_dir: Path) -> None:
+    """A tiny real run of benchmarks/overhead.py: its tracked trainings land FINISHED in a real store."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "overhead.py"), "--data-dir", str(tiny_data_dir),
+         "--train-images", "64", "--val-images", "32", "--epochs", "1", "--reps", "1", "--batch-size", "32",
+         "--measure-power-secs", "1"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert "tracked runs FINISHED in the store: 1 of 1 (plus the parent and the warm-up)" in lines
+    overhead = [line for line in lines if line.startswith("overhead = ")]
+    assert len(overhead) == 1 and overhead[0].endswith(" %")
+    float(overhead[0].removeprefix("overhead = ").removesuffix(" %"))
+
+
+@pytest.mark.parametrize("total", [1, 2, 4, 5, 6, 10, 37])
+def test_one_cycle_schedule_works_for_any_number_of_steps(total: int) -> None:
+    """OneCycleLR divides by (pct_start * total - 1); 5 steps once crashed with ZeroDivisionError."""
+    optimizer = make_optimizer(nn.Linear(2, 2), 0.1, 0.0)
+    scheduler = make_scheduler(optimizer, 0.1, total)
+    rates = [optimizer.param_groups[0]["lr"]]
+    for _ in range(total - 1):
+        optimizer.step()
+        scheduler.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert all(0 < rate <= 0.1 + 1e-12 for rate in rates)
+    if total >= 5:  # a warm-up from lr / 10, a peak near lr, an end near lr / 1000
+        assert rates[0] == pytest.approx(0.01) and max(rates) > 0.08 and rates[-1] < 0.01

@@ -96,8 +96,11 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.op
 
 def make_scheduler(optimizer: torch.optim.Optimizer, lr: float, total_steps: int) -> torch.optim.lr_scheduler.OneCycleLR:
     """One-cycle: linear warm-up over the first 20 % of steps, cosine down to ~0."""
+    total_steps = max(total_steps, 1)
+    # OneCycleLR divides by (pct_start * total_steps - 1): at exactly 5 steps 0.2 would divide by zero
+    pct_start = 0.2 if abs(0.2 * total_steps - 1) > 1e-9 else 0.25
     return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=lr, total_steps=max(total_steps, 1), pct_start=0.2, anneal_strategy="cos",
+        optimizer, max_lr=lr, total_steps=total_steps, pct_start=pct_start, anneal_strategy="cos",
         div_factor=10.0, final_div_factor=100.0, cycle_momentum=False,
     )
 
