@@ -176,7 +176,11 @@ def test_conda_pins_agree_with_pyproject() -> None:
 def test_mlproject_declares_every_main_param() -> None:
     spec = yaml.safe_load((ROOT / "MLproject").read_text())
     params = spec["entry_points"]["main"]["parameters"]
-    required = ["model", "dataset", "data_dir", "download", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "seed", "device", "train_subset", "val_size", "resolution", "country_iso_code", "cpu_power_w", "ram_power_w", "variants"]
+    required = [
+        "model", "dataset", "data_dir", "download", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing",
+        "seed", "device", "train_subset", "val_size", "resolution", "country_iso_code", "cpu_power_w", "ram_power_w",
+        "variants",
+    ]
     for name in required:
         assert name in params and "default" in params[name], name
         assert "{" + name + "}" in spec["entry_points"]["main"]["command"], name
