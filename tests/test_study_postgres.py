@@ -131,14 +131,20 @@ def test_two_workers_share_one_postgres_study(postgres: Postgres, tiny_data_dir:
     study_name = "distributed"
 
     workers = []
+    cores = sorted(os.sched_getaffinity(0))
     for seed in (1, 2):  # one sampler seed per worker: same-seeded workers would propose the same trials
+        core = {cores[seed % len(cores)]}  # a core each: greenstudy then trains on 1 thread, no oversubscription
         log = (tmp_path / f"worker{seed}.log").open("w")
         args = [
             PYTHON, TUNE, "--data-dir", str(tiny_data_dir), *TUNE_TINY, "--study-name", study_name,
             "--storage", storage, "--n-trials", "2", "--sampler", "random", "--sampler-seed", str(seed),
             "--hv-ref-energy-kwh", "0.01",  # explicit: otherwise the first worker to finish a trial fixes it
         ]
-        workers.append((subprocess.Popen(args, cwd=tmp_path, env=entry_env(tracking), stdout=log, stderr=subprocess.STDOUT), log))
+        process = subprocess.Popen(
+            args, cwd=tmp_path, env=entry_env(tracking), stdout=log, stderr=subprocess.STDOUT,
+            preexec_fn=lambda core=core: os.sched_setaffinity(0, core),
+        )
+        workers.append((process, log))
     reported: list[list[int]] = []
     parents: list[str] = []
     deadline = time.monotonic() + 400
