@@ -1,6 +1,6 @@
 """Training throughput and energy: the usual PyTorch recipe against our pipeline, in one process.
 
-    .venv/bin/python benchmarks/throughput.py --model resnet18 [--steps 12 --warmup 2 --rounds 3]
+    .venv/bin/python benchmarks/throughput.py --model resnet18 [--steps 12 --warmup 2 --rounds 12]
 
 Configurations, all on the same data and model architecture, measured after warm-up over the same
 number of steps, in alternating rounds (the order rotates each round) so machine noise hits all alike:
@@ -184,7 +184,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=12, help="measured steps per configuration (all rounds)")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured steps per configuration first")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds the steps are split into")
+    parser.add_argument("--rounds", type=int, default=0,
+                        help="alternating rounds the steps are split into (default: one step per round)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the usual recipe")
     parser.add_argument("--compile", default="auto", help="try torch.compile: auto (CUDA only), true, false")
     parser.add_argument("--only", default="", help="comma-separated labels to keep (e.g. 'fp32 (channels_last)')")
@@ -195,6 +196,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         raise ConfigError(f"unknown model {args.model!r}: choose one of {', '.join(MODELS)}")
     if args.compile not in ("auto", "true", "false"):
         raise ConfigError(f"--compile must be auto, true or false, got {args.compile!r}")
+    args.rounds = args.rounds or args.steps
     for name in ("batch_size", "steps", "rounds", "peak_size"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
