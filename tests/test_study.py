@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import random
 import re
 import subprocess
@@ -49,8 +50,14 @@ TUNE_TINY = [
 def run_tune(args: list[str], data_dir: Path, uri: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [PYTHON, TUNE, "--data-dir", str(data_dir), *args], cwd=cwd, env=entry_env(uri),
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True, text=True, timeout=timeout, preexec_fn=one_core,
     )
+
+
+def one_core() -> None:
+    """Pin the entry script to one core, so greenstudy trains on one thread: on a shared 2-core machine
+    two spinning OpenMP threads made the study 2-5x slower than one."""
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
 
 def session_trials(stdout: str) -> list[int]:
