@@ -229,8 +229,10 @@ def test_unreachable_tracking_uri(tiny_data_dir: Path, tmp_path: Path) -> None:
     assert time.perf_counter() - started < 30
 
 
-def test_ctrl_c_marks_runs_killed_with_metrics(tiny_data_dir: Path, tracking_uri: str, tmp_path: Path) -> None:
-    """SIGINT during training: child and parent end KILLED, and the epochs logged so far are kept."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_marks_runs_killed_with_metrics(signum: int, tiny_data_dir: Path, tracking_uri: str, tmp_path: Path) -> None:
+    """SIGINT (Ctrl-C) or SIGTERM (a cancelled `mlflow run`) during training: child and parent end KILLED,
+    and the epochs logged so far are kept."""
     command = [PYTHON, str(ROOT / "mlproject" / "main.py"), "--data-dir", str(tiny_data_dir), "--experiment", "kill",
                "--model", "efficientnet_b0", "--variants", "baseline", *TINY_ARGS]
     command[command.index("--epochs") + 1] = "200"
@@ -246,7 +248,7 @@ def test_ctrl_c_marks_runs_killed_with_metrics(tiny_data_dir: Path, tracking_uri
             break
         time.sleep(0.5)
     assert child is not None, "training never logged an epoch"
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err[-2000:]
     statuses = {run.data.tags.get("kind", "child"): run.info.status for run in _runs(client, "kill")}
