@@ -117,6 +117,9 @@ def test_four_variants(model_name: str, tiny_data_dir: Path, tracking_uri: str) 
     assert parent.data.metrics["energy_kwh"] == pytest.approx(
         sum(child.data.metrics["energy_kwh"] for child in children.values()), rel=1e-6
     )
+    for variant, child in children.items():  # each child's CodeCarbon CSV holds its own phases only
+        rows = Path(client.download_artifacts(child.info.run_id, "codecarbon_phases.csv")).read_text().splitlines()[1:]
+        assert rows and all(row.startswith(f"{variant}/") for row in rows), rows
     table = Path(client.download_artifacts(parent.info.run_id, "variants.csv")).read_text().splitlines()
     assert len(table) == 1 + 4 and table[0].startswith("variant,status,run_id,test_acc1")
 

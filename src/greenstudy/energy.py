@@ -189,13 +189,13 @@ class EnergyMeter:
 
         return codecarbon.__version__
 
-    def write_csv(self, path: str | Path) -> Path:
-        """Every measured phase as one CSV row."""
+    def write_csv(self, path: str | Path, since: int = 0) -> Path:
+        """The phases measured from index `since` on, one CSV row each."""
         path = Path(path)
         fields = list(asdict(PhaseEnergy("x")).keys())
         with path.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=fields)
             writer.writeheader()
-            for phase in self.phases:
+            for phase in self.phases[since:]:
                 writer.writerow(asdict(phase))
         return path

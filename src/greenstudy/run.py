@@ -96,6 +96,7 @@ def run_variant(bench: Bench, variant: str, tags: dict[str, str]) -> ChildOutcom
     cfg = bench.cfg
     child_tags = {**tags, "variant": variant}
     bench.last_epoch = {}
+    first_phase = len(bench.meter.phases)
     run_id = ""
     try:
         with run_scope(f"{cfg.model}-{variant}", cfg.experiment_name, nested=True, tags=child_tags) as run:
@@ -113,7 +114,7 @@ def run_variant(bench: Bench, variant: str, tags: dict[str, str]) -> ChildOutcom
             mlflow.set_tags(result.tags)
             mlflow.log_dict(cfg.as_dict(), "config.json")
             with tempfile.TemporaryDirectory() as tmp:
-                mlflow.log_artifact(str(bench.meter.write_csv(Path(tmp) / "codecarbon_phases.csv")))
+                mlflow.log_artifact(str(bench.meter.write_csv(Path(tmp) / "codecarbon_phases.csv", since=first_phase)))
             log_torch_model(result.model, result.example)
             return ChildOutcome(variant, run_id, "FINISHED", result.metrics, last_epoch=dict(bench.last_epoch))
     except KeyboardInterrupt:
