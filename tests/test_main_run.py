@@ -70,7 +70,7 @@ def test_mlflow_run_end_to_end(tiny_data_dir: Path, tracking_uri: str) -> None:
         command += ["-P", f"{name}={value}"]
     env = entry_env(tracking_uri)
     env["PATH"] = f"{Path(PYTHON).parent}:{env['PATH']}"
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=540)
     assert result.returncode == 0, result.stderr[-3000:]
     client = MlflowClient(tracking_uri)
     runs = _runs(client, "e2e")
