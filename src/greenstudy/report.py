@@ -37,7 +37,7 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from greenstudy.errors import ConfigError  # noqa: E402
-from greenstudy.tracking import ensure_tracking_reachable, run_scope  # noqa: E402
+from greenstudy.tracking import ensure_tracking_reachable, run_scope, write_dict_csv  # noqa: E402
 
 DEFAULT_EXPERIMENT = "greenstudy-cifar100"
 AGGREGATES = ("latest", "mean")
@@ -244,14 +244,6 @@ def cumulative_curve(
 
 
 # ---------------------------------------------------------------- files
-
-
-def write_rows_csv(rows: Sequence[dict[str, object]], path: Path) -> Path:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=ROW_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
 
 
 def write_skipped_csv(skipped: Sequence[Skipped], path: Path) -> Path:
@@ -599,7 +591,7 @@ def build_report(
 
 def _write_artifacts(result: ReportResult, curves: list[Curve], aggregate: str, message: str, out: Path) -> dict[str, int]:
     points = result.points
-    write_rows_csv(result.rows, out / "comparison.csv")
+    write_dict_csv(result.rows, ROW_COLUMNS, out / "comparison.csv")
     (out / "comparison.md").write_text(markdown_table(result.rows, aggregate))
     write_skipped_csv(result.skipped, out / "skipped.csv")
     counts = {

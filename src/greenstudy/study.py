@@ -38,7 +38,6 @@ resume and every worker measures against the same point and the metric is compar
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import tempfile
@@ -337,14 +336,6 @@ def format_pareto_table(rows: list[dict[str, object]]) -> list[str]:
     return lines
 
 
-def write_pareto_csv(rows: list[dict[str, object]], path: Path) -> Path:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=PARETO_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
 def study_summary_lines(study: optuna.Study) -> list[str]:
     """What `greenstudy study show` prints: counts, settings, reference, hypervolume, the front."""
     trials = study.get_trials(deepcopy=False)
@@ -389,6 +380,8 @@ def log_front(study: optuna.Study, step: int, requested_reference_kwh: float | N
     the best_* metrics, all on the active run."""
     import mlflow
 
+    from greenstudy.tracking import write_dict_csv  # imports torch: kept out of `study show`
+
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     mlflow.log_metrics({
@@ -415,7 +408,7 @@ def log_front(study: optuna.Study, step: int, requested_reference_kwh: float | N
     }, step=step)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        write_pareto_csv(rows, folder / "pareto.csv")
+        write_dict_csv(rows, PARETO_COLUMNS, folder / "pareto.csv")
         _plot_front(study, folder)
         mlflow.log_artifacts(tmp)
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -100,3 +102,12 @@ def log_torch_model(model: nn.Module, example: torch.Tensor, name: str = "model"
         model, name=name, signature=signature, input_example=np.asarray(example.numpy()),
         serialization_format="pickle", pip_requirements=PIP_REQUIREMENTS,
     )
+
+
+def write_dict_csv(rows: Sequence[dict[str, object]], columns: Sequence[str], path: Path) -> Path:
+    """Rows of dicts as a CSV table artifact with the given column order."""
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
