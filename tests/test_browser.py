@@ -19,12 +19,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import matplotlib.image
-import mlflow
 import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from greenstudy.report import build_report
+from tests.conftest import tracking_store
 
 pytestmark = pytest.mark.browser
 
@@ -89,16 +89,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, objec
     client = MlflowClient(uri)
     experiment_id = client.create_experiment(EXPERIMENT, artifact_location=str(tmp / "artifacts"))
     ids = _log_runs(client, experiment_id)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.delenv("MLFLOW_RUN_ID", raising=False)
-        mp.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # mlflow.set_experiment sets it; undone on exit
-        previous = mlflow.get_tracking_uri()
-        mlflow.set_tracking_uri(uri)
-        try:
-            report = build_report(EXPERIMENT)
-        finally:
-            mlflow.set_tracking_uri(previous)
+    with tracking_store(uri):
+        report = build_report(EXPERIMENT)
     port = _free_port()
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import matplotlib.image
-import mlflow
 import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
@@ -29,7 +28,7 @@ from greenstudy.report import (
     phase_breakdown,
     report_for_experiment,
 )
-from tests.conftest import PYTHON, ROOT, TINY_ARGS, entry_env
+from tests.conftest import PYTHON, ROOT, TINY_ARGS, entry_env, tracking_store
 
 EXPERIMENT = "greenstudy-report-test"
 CONTRACT = {
@@ -88,16 +87,8 @@ def store(tmp_path_factory: pytest.TempPathFactory, tiny_data_dir: Path) -> dict
         "missing": log_child(client, experiment_id, pid, "resnet18", "amp", {"test_acc1": 3.0}),
     }
     client.set_terminated(pid, "FINISHED")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.delenv("MLFLOW_RUN_ID", raising=False)
-        mp.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # mlflow.set_experiment sets it; undone on exit
-        previous = mlflow.get_tracking_uri()
-        mlflow.set_tracking_uri(uri)
-        try:
-            yield {"uri": uri, "client": client, "experiment_id": experiment_id, "ids": ids, "tmp": tmp}
-        finally:
-            mlflow.set_tracking_uri(previous)
+    with tracking_store(uri):
+        yield {"uri": uri, "client": client, "experiment_id": experiment_id, "ids": ids, "tmp": tmp}
 
 
 def _children(client: MlflowClient, experiment_id: str) -> list:
