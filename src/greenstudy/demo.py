@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: the demo run left no parent run in MLflow", file=sys.stderr)
         return code or 1
     _print_summary(client, parents[0], args.experiment)
-    _print_report(args.experiment, parents[0].info.run_id)
+    _print_report(args.experiment)
     print(f"\nbrowse the runs: mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}")
     return code
 
@@ -91,7 +91,7 @@ def _print_summary(client: MlflowClient, parent: mlflow.entities.Run, experiment
         )
 
 
-def _print_report(experiment: str, parent_run_id: str) -> None:
+def _print_report(experiment: str) -> None:
     """Write the comparison report for this experiment, when the report module is available."""
     try:
         from greenstudy.report import report_for_experiment
