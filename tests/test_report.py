@@ -17,6 +17,7 @@ import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from greenstudy.pareto import hypervolume_2d, pareto_front
 from greenstudy.report import (
     RunPoint,
     build_report,
@@ -24,7 +25,7 @@ from greenstudy.report import (
     comparison_rows,
     cumulative_curve,
     fetch_curves,
-    pareto_front,
+
     phase_breakdown,
     report_for_experiment,
 )

@@ -19,6 +19,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from greenstudy.pareto import hypervolume_2d, pareto_front
 from greenstudy.config import RunConfig
 from greenstudy.errors import ConfigError
 from greenstudy.study import (
@@ -26,7 +27,7 @@ from greenstudy.study import (
     StudyConfig,
     batch_size_choices,
     create_or_load_study,
-    hypervolume_2d,
+
     open_storage,
     scaled_lr,
 )

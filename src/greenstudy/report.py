@@ -37,6 +37,7 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from greenstudy.errors import ConfigError  # noqa: E402
+from greenstudy.pareto import pareto_front  # noqa: E402
 from greenstudy.tracking import ensure_tracking_reachable, run_scope, write_dict_csv  # noqa: E402
 
 DEFAULT_EXPERIMENT = "greenstudy-cifar100"
@@ -205,19 +206,6 @@ def _compare(value: float, base: float, how: str) -> float | str:
     if how == "delta":
         return value - base
     return value / base if base else ""
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the non-dominated (energy, accuracy) points, lowest energy first: no other point has
-    energy <= and accuracy >= with one of them strictly better."""
-    front = []
-    for i, (energy, acc) in enumerate(points):
-        dominated = any(
-            e <= energy and a >= acc and (e < energy or a > acc) for j, (e, a) in enumerate(points) if j != i
-        )
-        if not dominated:
-            front.append(i)
-    return sorted(front, key=lambda i: (points[i][0], -points[i][1]))
 
 
 def phase_breakdown(point: RunPoint) -> dict[str, dict[str, float]]:

@@ -52,6 +52,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from greenstudy.config import RunConfig
 from greenstudy.errors import ConfigError, GreenstudyError
+from greenstudy.pareto import hypervolume_2d
 
 SAMPLERS = ("nsga2", "tpe", "random")
 LR_SCALINGS = ("linear", "sqrt", "tuned")
@@ -274,21 +275,6 @@ def load_existing_study(storage_url: str, name: str | None) -> optuna.Study:
 
 
 # ---------------------------------------------------------------- Pareto front and hypervolume
-
-
-def hypervolume_2d(points: list[tuple[float, float]], reference: tuple[float, float]) -> float:
-    """Area dominated by `points` = [(val_acc1, energy), ...] (accuracy maximised, energy minimised)
-    and bounded by `reference` = (acc_ref, energy_ref). Points not better than the reference in
-    both objectives add nothing. Sweep over energy: each slab up to the next energy has the height
-    of the best accuracy seen so far."""
-    acc_ref, energy_ref = reference
-    useful = sorted((energy, acc) for acc, energy in points if acc > acc_ref and energy < energy_ref)
-    area, best = 0.0, acc_ref
-    next_energies = [energy for energy, _ in useful[1:]] + [energy_ref]
-    for (energy, acc), next_energy in zip(useful, next_energies[: len(useful)], strict=True):
-        best = max(best, acc)
-        area += (next_energy - energy) * (best - acc_ref)
-    return area
 
 
 def completed_trials(study: optuna.Study) -> list[FrozenTrial]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import random
@@ -17,6 +16,7 @@ from torch import nn
 
 from greenstudy.data import Normalizer, Split, eval_batches, train_batches
 from greenstudy.errors import TrainingDiverged
+from greenstudy.precision import Precision
 
 
 def seed_everything(seed: int) -> None:
@@ -42,33 +42,6 @@ def set_cpu_threads() -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     torch.set_num_threads(cores)
     return cores
-
-
-@dataclass(frozen=True)
-class Precision:
-    """What autocast does for a run: None = fp32."""
-
-    dtype: torch.dtype | None = None
-
-    @property
-    def name(self) -> str:
-        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
-
-    @property
-    def needs_scaler(self) -> bool:
-        return self.dtype == torch.float16
-
-    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=self.dtype)
-
-
-def mixed_precision_for(device: torch.device) -> Precision:
-    """bf16 where the device supports it (CPU, Ampere+), fp16 with a GradScaler where not."""
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return Precision(torch.float16)
-    return Precision(torch.bfloat16)
 
 
 @dataclass

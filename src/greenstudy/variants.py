@@ -16,15 +16,14 @@ from greenstudy.config import RunConfig
 from greenstudy.data import CifarData, Normalizer, eval_batches
 from greenstudy.energy import EnergyMeter, PhaseEnergy, total
 from greenstudy.models import build_model, classifier_layer, count_macs_params, model_size_mb
+from greenstudy.precision import Precision, choose_mixed_precision, describe
 from greenstudy.tracking import log_epoch
 from greenstudy.train import (
-    Precision,
     TrainSetup,
     evaluate,
     inference_benchmark,
     make_optimizer,
     make_scheduler,
-    mixed_precision_for,
     run_epoch,
     steps_per_epoch,
 )
@@ -170,7 +169,7 @@ def run_amp(bench: Bench) -> VariantResult:
     cfg = bench.cfg
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, bench.data.num_classes, cfg.resolution)
-    precision = mixed_precision_for(bench.device)
+    precision = choose_mixed_precision(describe(bench.device)).precision or Precision(torch.bfloat16)
     train = fit(bench, model, precision, cfg.epochs, cfg.lr, "amp")
     metrics = measure(bench, model, precision, "amp", train)
     return VariantResult(model, metrics, {"precision": precision.name}, _example(bench))
