@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # share main.py's training arguments
-
-from main import add_training_args  # noqa: E402
-
-from greenstudy.cli import one_line_parser, run_cli  # noqa: E402
-from greenstudy.config import RunConfig, optional_float  # noqa: E402
+from greenstudy.cli import one_line_parser, run_cli
+from greenstudy.config import RunConfig, optional_float
+from greenstudy.params import add_training_args
 
 
 def parse(argv: list[str]):  # -> greenstudy.study.StudyConfig (imported lazily: optuna is slow to import)

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 
 from greenstudy.errors import ConfigError
+from greenstudy.precision import AMP_DTYPES
 
 MODELS = ("resnet18", "efficientnet_b0")
 DATASETS = ("cifar100", "cifar10")
@@ -74,13 +75,17 @@ class RunConfig:
     country_iso_code: str = "USA"
     cpu_power_w: float | None = None
     ram_power_w: float | None = None
-    measure_power_secs: float = 15.0
     variants: tuple[str, ...] = VARIANTS
     prune_ratio: float = 0.5
     prune_importance: str = "l2"
     finetune_epochs: int = -1
     calib_batches: int = 32
-    infer_batches: int = 10
+    infer_seconds: float = 10.0
+    amp_dtype: str = "auto"
+    target_acc1: float | None = None
+    stop_at_target: bool = False
+    resume: str = ""
+    checkpoint_dir: str = "checkpoints"
     channels_last: bool = True
     compile: str = "auto"
     experiment: str = ""
@@ -100,7 +105,6 @@ class RunConfig:
             "batch_size": self.batch_size,
             "resolution": self.resolution,
             "calib_batches": self.calib_batches,
-            "infer_batches": self.infer_batches,
         }
         for name, value in positive.items():
             if value < 1:
@@ -125,8 +129,13 @@ class RunConfig:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0 < self.prune_ratio < 1:
             raise ConfigError(f"prune_ratio must be in (0, 1), got {self.prune_ratio}")
-        if self.measure_power_secs <= 0:
-            raise ConfigError(f"measure_power_secs must be positive, got {self.measure_power_secs}")
+        _choice("amp_dtype", self.amp_dtype, AMP_DTYPES)
+        if not self.infer_seconds > 0:
+            raise ConfigError(f"infer_seconds must be positive, got {self.infer_seconds}")
+        if self.target_acc1 is not None and not 0 < self.target_acc1 <= 100:
+            raise ConfigError(f"target_acc1 is a validation top-1 in percent, in (0, 100], got {self.target_acc1}")
+        if self.stop_at_target and self.target_acc1 is None:
+            raise ConfigError("stop_at_target=true needs target_acc1")
         for name in ("cpu_power_w", "ram_power_w"):
             value = getattr(self, name)
             if value is not None and value <= 0:
