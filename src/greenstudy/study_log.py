@@ -64,9 +64,9 @@ class FrontLogger:
     def session_energy_kwh(self) -> float:
         return study_energy_kwh(self.session)
 
-    def __call__(self, study: optuna.Study, trial: FrozenTrial | None = None, force: bool = False) -> None:
+    def __call__(self, study: optuna.Study, trial: FrozenTrial | None = None) -> None:
         finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
-        if finished == self.logged_finished and not force:
+        if finished == self.logged_finished:
             return
         self.logged_finished = finished
         log_front(study, finished, self.session_energy_kwh(), self.requested_reference_kwh)
