@@ -4,21 +4,29 @@ What it really measures: CodeCarbon reads RAPL counters for the CPU where the ke
 NVML for NVIDIA GPUs, and otherwise *estimates*: without RAPL the CPU power is a load-scaled TDP
 guess (4 W per thread when the model is unknown) and RAM is a constant (20 W by default), which
 then dominates the total. `energy_method()` says which of these happened, and runs tag it.
+
+CodeCarbon measures the whole machine. So that two runs on one machine never both claim the same
+joules, a measured run holds a machine-wide lock (`machine_lock`) while it measures: a second run
+waits for it, saying so once.
 """
 
 from __future__ import annotations
 
-import csv
+import fcntl
+import logging
 import os
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-os.environ.setdefault("CODECARBON_LOG_LEVEL", "warning")
+os.environ.setdefault("CODECARBON_LOG_LEVEL", "error")  # its repeated warnings become one energy_method line
 
 import torch  # noqa: E402
+
+from greenstudy.ledger import MissingEnergyReading, PhaseEnergy  # noqa: E402
 
 _CPU_METHODS = {
     "intel_rapl": "rapl",
@@ -27,101 +35,102 @@ _CPU_METHODS = {
     "cpu_load": "load-scaled-tdp-estimate",
     "constant": "tdp-constant-estimate",
 }
+LOCK_ENV = "GREENSTUDY_ENERGY_LOCK"
 
 
-@dataclass
-class PhaseEnergy:
-    """Energy of one tracked phase (kWh), its emissions (kg CO2eq) and duration (s)."""
-
-    name: str
-    energy_kwh: float = 0.0
-    cpu_kwh: float = 0.0
-    gpu_kwh: float = 0.0
-    ram_kwh: float = 0.0
-    emissions_kg: float = 0.0
-    seconds: float = 0.0
-    cpu_power_w: float = 0.0
-    ram_power_w: float = 0.0
-    gpu_nvml_kwh: float | None = None
-
-    def __add__(self, other: PhaseEnergy) -> PhaseEnergy:
-        nvml = None
-        if self.gpu_nvml_kwh is not None or other.gpu_nvml_kwh is not None:
-            nvml = (self.gpu_nvml_kwh or 0.0) + (other.gpu_nvml_kwh or 0.0)
-        return PhaseEnergy(
-            self.name,
-            self.energy_kwh + other.energy_kwh,
-            self.cpu_kwh + other.cpu_kwh,
-            self.gpu_kwh + other.gpu_kwh,
-            self.ram_kwh + other.ram_kwh,
-            self.emissions_kg + other.emissions_kg,
-            self.seconds + other.seconds,
-            max(self.cpu_power_w, other.cpu_power_w),
-            max(self.ram_power_w, other.ram_power_w),
-            nvml,
-        )
+def lock_path() -> Path:
+    """The machine-wide lock file (GREENSTUDY_ENERGY_LOCK overrides; the same for every user)."""
+    return Path(os.environ.get(LOCK_ENV) or Path(tempfile.gettempdir()) / "greenstudy-energy.lock")
 
 
-def total(phases: list[PhaseEnergy], name: str = "total") -> PhaseEnergy:
-    """Sum of phases."""
-    result = PhaseEnergy(name)
-    for phase in phases:
-        result = result + phase
-    result.name = name
-    return result
+@contextmanager
+def machine_lock(label: str) -> Iterator[None]:
+    """Hold the machine's measurement lock for the enclosed block; wait (one line on stderr) while
+    another measured run holds it. The lock dies with its process (flock), so a crash frees it."""
+    path = lock_path()
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            print(f"energy: waiting for {holder} to finish measuring on this machine ({path})", file=sys.stderr, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} ({label})")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class _NvmlCounter:
-    """The GPU's own cumulative energy counter (mJ), summed over visible GPUs; absent without CUDA."""
+    """The run's own GPU's cumulative energy counter (mJ), read through NVML; absent off CUDA."""
 
-    def __init__(self) -> None:
-        self.handles: list[object] = []
-        if not torch.cuda.is_available():
+    def __init__(self, device: torch.device) -> None:
+        self.handle: object | None = None
+        if device.type != "cuda":
             return
         try:
             import pynvml
 
             pynvml.nvmlInit()
-            self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+            self.handle = pynvml.nvmlDeviceGetHandleByIndex(_gpu_index(device))
             self.read()
         except Exception:  # noqa: BLE001 - no NVML or no energy counter on this GPU: no cross-check
-            self.handles = []
+            self.handle = None
 
     @property
     def available(self) -> bool:
-        return bool(self.handles)
+        return self.handle is not None
 
     def read(self) -> float:
         import pynvml
 
-        return sum(pynvml.nvmlDeviceGetTotalEnergyConsumption(h) for h in self.handles) / 3.6e9  # mJ -> kWh
+        return pynvml.nvmlDeviceGetTotalEnergyConsumption(self.handle) / 3.6e9  # mJ -> kWh
 
 
-@dataclass
+def _gpu_index(device: torch.device) -> int:
+    """The physical index NVML and CodeCarbon know the run's GPU by (CUDA_VISIBLE_DEVICES mapped)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    ids = [part.strip() for part in visible.split(",") if part.strip()]
+    if ids and index < len(ids) and ids[index].isdigit():
+        return int(ids[index])
+    return index
+
+
 class EnergyMeter:
-    """One CodeCarbon tracker for a run; `phase(name)` measures a block of work."""
+    """One CodeCarbon tracker for a process; `phase(name, kind)` measures a block of work."""
 
-    country_iso_code: str = "USA"
-    cpu_power_w: float | None = None
-    ram_power_w: float | None = None
-    measure_power_secs: float = 15.0
-    phases: list[PhaseEnergy] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
+    def __init__(
+        self, device: torch.device, country_iso_code: str = "USA",
+        cpu_power_w: float | None = None, ram_power_w: float | None = None,
+    ) -> None:
         from codecarbon import OfflineEmissionsTracker
 
+        self.device = device
+        self.cpu_power_w = cpu_power_w
+        self.ram_power_w = ram_power_w
+        gpu_ids = [_gpu_index(device)] if device.type == "cuda" else None
         self._tracker = OfflineEmissionsTracker(
-            country_iso_code=self.country_iso_code,
+            country_iso_code=country_iso_code,
             output_methods=[],
-            log_level="warning",
-            measure_power_secs=self.measure_power_secs,
-            force_cpu_power=self.cpu_power_w,
-            force_ram_power=self.ram_power_w,
+            log_level="error",
+            gpu_ids=gpu_ids,
+            force_cpu_power=cpu_power_w,
+            force_ram_power=ram_power_w,
             allow_multiple_runs=True,
             project_name="greenstudy",
         )
-        self._nvml = _NvmlCounter()
+        logging.getLogger("codecarbon").setLevel(logging.ERROR)
+        self._nvml = _NvmlCounter(device)
         self._started = False
+        self._method = ""
 
     def start(self) -> None:
         if not self._started:
@@ -133,37 +142,46 @@ class EnergyMeter:
             self._tracker.stop()
             self._started = False
 
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     @contextmanager
-    def phase(self, name: str) -> Iterator[PhaseEnergy]:
-        """Measure the enclosed block; the yielded PhaseEnergy is filled in when it ends."""
+    def phase(self, ledger: list[PhaseEnergy], name: str, kind: str, epoch: int = 0) -> Iterator[PhaseEnergy]:
+        """Measure the enclosed block and append it to `ledger` when it ends (the yielded PhaseEnergy is
+        filled in then). A block cut short by Ctrl-C is recorded as kind `interrupted`; a missing
+        reading raises MissingEnergyReading naming the phase, never a silent 0."""
         self.start()
-        result = PhaseEnergy(name)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        result = PhaseEnergy(name, kind, epoch, method=self.energy_method())
+        self._sync()
         nvml_start = self._nvml.read() if self._nvml.available else None
         self._tracker.start_task(name)
+        result.started_at = time.time()
         began = time.perf_counter()
         try:
             yield result
+        except KeyboardInterrupt:
+            result.kind = "interrupted"
+            raise
         finally:
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            data = self._tracker.stop_task(name)
+            self._sync()
             result.seconds = time.perf_counter() - began
-            if data is not None:
-                result.energy_kwh = float(data.energy_consumed)
-                result.cpu_kwh = float(data.cpu_energy)
-                result.gpu_kwh = float(data.gpu_energy)
-                result.ram_kwh = float(data.ram_energy)
-                result.emissions_kg = float(data.emissions)
-                result.cpu_power_w = float(data.cpu_power)
-                result.ram_power_w = float(data.ram_power)
+            data = self._tracker.stop_task(name)
+            if data is None or data.energy_consumed is None:
+                raise MissingEnergyReading(f"phase {name}: CodeCarbon returned no energy reading")
+            result.energy_kwh = float(data.energy_consumed)
+            result.cpu_kwh = float(data.cpu_energy)
+            result.gpu_kwh = float(data.gpu_energy)
+            result.ram_kwh = float(data.ram_energy)
+            result.emissions_kg = float(data.emissions)
             if nvml_start is not None:
                 result.gpu_nvml_kwh = self._nvml.read() - nvml_start
-            self.phases.append(result)
+            ledger.append(result)
 
     def energy_method(self) -> str:
         """How CodeCarbon obtained each component, e.g. `cpu=rapl, gpu=nvml, ram=constant-estimate`."""
+        if self._method:
+            return self._method
         self.start()
         cpu = gpu = "none"
         for hardware in self._tracker._hardware:  # CodeCarbon exposes no public accessor for this
@@ -175,7 +193,8 @@ class EnergyMeter:
         if self.cpu_power_w is not None:
             cpu = f"user-forced-{self.cpu_power_w:g}W"
         ram = f"user-forced-{self.ram_power_w:g}W" if self.ram_power_w is not None else "constant-estimate"
-        return f"cpu={cpu}, gpu={gpu}, ram={ram}"
+        self._method = f"cpu={cpu}, gpu={gpu}, ram={ram}"
+        return self._method
 
     def hardware(self) -> dict[str, str]:
         """CPU and GPU model names as CodeCarbon saw them."""
@@ -188,14 +207,3 @@ class EnergyMeter:
         import codecarbon
 
         return codecarbon.__version__
-
-    def write_csv(self, path: str | Path, since: int = 0) -> Path:
-        """The phases measured from index `since` on, one CSV row each."""
-        path = Path(path)
-        fields = list(asdict(PhaseEnergy("x")).keys())
-        with path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields)
-            writer.writeheader()
-            for phase in self.phases[since:]:
-                writer.writerow(asdict(phase))
-        return path

@@ -19,3 +19,8 @@ class TrackingError(GreenstudyError):
 
 class TrainingDiverged(GreenstudyError):
     """The training loss became NaN or infinite."""
+
+
+class VariantSkipped(Exception):
+    """A variant that cannot run natively here (e.g. amp on a CPU without bf16/fp16): not a failure.
+    Its run ends KILLED with the reason in the `skipped` tag."""

@@ -1,4 +1,5 @@
-"""One `main` run: a parent MLflow run for the model, one nested child run per variant."""
+"""One `main` run: a parent MLflow run for the model, one nested child run per variant; the one place
+where a variant's record becomes MLflow metrics."""
 
 from __future__ import annotations
 
@@ -10,21 +11,24 @@ from pathlib import Path
 import mlflow
 import torch
 
+from greenstudy.checkpoint import Checkpointer, fingerprint
 from greenstudy.config import RunConfig
+from greenstudy.control import TrainingControl
 from greenstudy.data import CifarData, load_cifar
-from greenstudy.energy import EnergyMeter
-from greenstudy.tracking import (
-    ensure_tracking_reachable,
-    log_final,
-    log_torch_model,
-    run_scope,
-)
-from greenstudy.train import resolve_device, seed_everything, set_cpu_threads
-from greenstudy.variants import VARIANT_RUNNERS, Bench, execution_order
+from greenstudy.energy import EnergyMeter, machine_lock
+from greenstudy.errors import VariantSkipped
+from greenstudy.ledger import write_ledger_csv
+from greenstudy.precision import cpu_capability, describe
+from greenstudy.progress import duration, say
+from greenstudy.record import Upstream, VariantRecord, record_metrics
+from greenstudy.resume import ResumePlan, plan_resume
+from greenstudy.tracking import ensure_tracking_reachable, log_final, log_torch_model, run_scope
+from greenstudy.train import configure_device, resolve_device, seed_everything, set_cpu_threads
+from greenstudy.variants import DERIVED, VARIANT_RUNNERS, Bench, VariantJob, execution_order
 
 TABLE_COLUMNS = (
-    "test_acc1", "energy_kwh", "emissions_kg", "infer_images_per_second", "infer_energy_wh_per_1k_images",
-    "params", "macs", "model_size_mb",
+    "test_acc1", "energy_kwh", "lifecycle_energy_kwh", "emissions_kg", "infer_images_per_second",
+    "infer_energy_wh_per_1k_images", "params", "macs", "model_size_mb",
 )
 
 
@@ -32,10 +36,12 @@ TABLE_COLUMNS = (
 class ChildOutcome:
     variant: str
     run_id: str
-    status: str
+    status: str  # FINISHED, FAILED, KILLED or SKIPPED (an MLflow KILLED run tagged `skipped`)
     metrics: dict[str, float] = field(default_factory=dict)
     error: str = ""
     last_epoch: dict[str, float] = field(default_factory=dict)
+    control: TrainingControl = field(default_factory=TrainingControl)
+    record: VariantRecord | None = None
 
 
 @dataclass
@@ -46,7 +52,7 @@ class MainOutcome:
 
     @property
     def failed(self) -> list[ChildOutcome]:
-        return [child for child in self.children if child.status != "FINISHED"]
+        return [child for child in self.children if child.status not in ("FINISHED", "SKIPPED")]
 
 
 def prepare(cfg: RunConfig) -> tuple[torch.device, CifarData]:
@@ -60,103 +66,154 @@ def prepare(cfg: RunConfig) -> tuple[torch.device, CifarData]:
     return device, data
 
 
-def base_tags(cfg: RunConfig, data: CifarData, device: torch.device, meter: EnergyMeter) -> dict[str, str]:
-    """Tags every run of this invocation carries."""
+def make_bench(cfg: RunConfig, device: torch.device, cpu_data: CifarData) -> tuple[Bench, dict[str, str]]:
+    """The shared bench and the tags every run of this process carries."""
+    meter = EnergyMeter(device, cfg.country_iso_code, cfg.cpu_power_w, cfg.ram_power_w)
+    bench = Bench(cfg, cpu_data.to(device), cpu_data, device, meter, describe(device))
     tags = {
-        "model": cfg.model,
-        "dataset": cfg.dataset,
-        "data_source": data.source,
-        "device": device.type,
-        "energy_method": meter.energy_method(),
-        "codecarbon_version": meter.codecarbon_version,
-        "torch_version": torch.__version__,
-        **meter.hardware(),
-        **cfg.extra_tags,
+        "model": cfg.model, "dataset": cfg.dataset, "data_source": cpu_data.source, "device": device.type,
+        "energy_method": meter.energy_method(), "codecarbon_version": meter.codecarbon_version,
+        "torch_version": torch.__version__, "cpu_capability": cpu_capability(),
+        **meter.hardware(), **configure_device(device), **cfg.extra_tags,
     }
     if device.type == "cuda":
         tags["gpu_model"] = torch.cuda.get_device_name(device)
-    return tags
+    say(f"energy: {tags['energy_method']} (CodeCarbon {meter.codecarbon_version}, {tags['cpu_model']}, "
+        f"torch CPU capability {tags['cpu_capability']}, device {bench.hw.label})")
+    return bench, tags
 
 
 def contract_params(cfg: RunConfig, variant: str, device: torch.device) -> dict[str, object]:
-    return {
+    params = {
         "model": cfg.model, "variant": variant, "dataset": cfg.dataset, "epochs": cfg.epochs,
         "batch_size": cfg.batch_size, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
         "label_smoothing": cfg.label_smoothing, "seed": cfg.seed, "device": device.type,
         "train_subset": cfg.train_subset, "country_iso_code": cfg.country_iso_code,
         "val_size": cfg.val_size, "test_subset": cfg.test_subset, "resolution": cfg.resolution,
-        "channels_last": cfg.channels_last, "compile": cfg.compile,
-        "cpu_power_w": cfg.cpu_power_w, "ram_power_w": cfg.ram_power_w,
+        "channels_last": cfg.channels_last, "compile": cfg.compile, "amp_dtype": cfg.amp_dtype,
+        "cpu_power_w": cfg.cpu_power_w, "ram_power_w": cfg.ram_power_w, "infer_seconds": cfg.infer_seconds,
+        "target_acc1": cfg.target_acc1, "stop_at_target": cfg.stop_at_target,
     }
+    if variant == "pruned":
+        params.update(prune_ratio=cfg.prune_ratio, prune_importance=cfg.prune_importance,
+                      finetune_epochs=cfg.effective_finetune_epochs)
+    if variant == "quantized":
+        params["calib_batches"] = cfg.calib_batches
+    return params
 
 
-def run_variant(bench: Bench, variant: str, tags: dict[str, str]) -> ChildOutcome:
-    """One variant as a nested child run; a failure marks the child FAILED and is returned, not raised
-    (Ctrl-C is re-raised after the child is marked KILLED)."""
+def log_record(record: VariantRecord, cfg: RunConfig, lean: bool) -> dict[str, float]:
+    """Final metrics, tags and artifacts of a finished variant (the model from a CPU copy)."""
+    metrics = record_metrics(record)
+    log_final(metrics)
+    mlflow.set_tags(record.tags)
+    if record.control.stopped_early:
+        mlflow.set_tag("stopped_early", record.control.stopped_early)
+    mlflow.log_dict(cfg.as_dict(), "config.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        upstream = record.upstream.ledger if record.upstream else None
+        mlflow.log_artifact(str(write_ledger_csv(Path(tmp) / "energy_ledger.csv", record.ledger, upstream)))
+    if not lean:
+        log_torch_model(record.model, record.example)
+    return metrics
+
+
+def _control(cfg: RunConfig, control: TrainingControl | None) -> TrainingControl:
+    return control or TrainingControl(cfg.target_acc1, cfg.stop_at_target)
+
+
+def run_variant(
+    bench: Bench, variant: str, tags: dict[str, str], control: TrainingControl | None = None, lean: bool = False,
+    upstream: Upstream | None = None, resume_run_id: str = "",
+) -> ChildOutcome:
+    """One variant as a nested child run (or `resume_run_id` reopened in place). A failure marks the
+    child FAILED and is returned, not raised; Ctrl-C is re-raised after the child is marked KILLED."""
     cfg = bench.cfg
-    child_tags = {**tags, "variant": variant}
-    bench.last_epoch = {}
-    first_phase = len(bench.meter.phases)
-    run_id = ""
+    control = _control(cfg, control)
+    child_tags = {"kind": "variant", **tags, "variant": variant}
+    run_id = resume_run_id
+    say(f"[{cfg.model}/{variant}] starting" + (f" (resuming run {resume_run_id})" if resume_run_id else ""))
     try:
-        with run_scope(f"{cfg.model}-{variant}", cfg.experiment_name, nested=True, tags=child_tags) as run:
+        with machine_lock(f"{cfg.model}/{variant}"), run_scope(
+            f"{cfg.model}-{variant}", cfg.experiment_name, nested=True, tags=child_tags, run_id=resume_run_id or None,
+        ) as run:
             run_id = run.info.run_id
-            mlflow.log_params(contract_params(cfg, variant, bench.device))
-            if variant == "pruned":
-                mlflow.log_params({"prune_ratio": cfg.prune_ratio, "prune_importance": cfg.prune_importance,
-                                   "finetune_epochs": cfg.effective_finetune_epochs})
-            if variant == "quantized":
-                mlflow.log_param("calib_batches", cfg.calib_batches)
-            result = VARIANT_RUNNERS[variant](bench)
-            if variant == "baseline":
-                bench.baseline_run_id = run_id
-            log_final(result.metrics)
-            mlflow.set_tags(result.tags)
-            mlflow.log_dict(cfg.as_dict(), "config.json")
-            with tempfile.TemporaryDirectory() as tmp:
-                mlflow.log_artifact(str(bench.meter.write_csv(Path(tmp) / "codecarbon_phases.csv", since=first_phase)))
-            log_torch_model(result.model, result.example)
-            return ChildOutcome(variant, run_id, "FINISHED", result.metrics, last_epoch=dict(bench.last_epoch))
+            if not resume_run_id:
+                mlflow.log_params(contract_params(cfg, variant, bench.device))
+            checkpointer = None if lean else Checkpointer(Path(cfg.checkpoint_dir).resolve() / run_id)
+            resume = checkpointer.load(fingerprint(cfg)) if checkpointer and checkpointer.exists() else None
+            if checkpointer:
+                mlflow.set_tag("checkpoint", str(checkpointer.path))
+            job = VariantJob(bench, control, checkpointer, resume, upstream if variant in DERIVED else None, lean)
+            record = VARIANT_RUNNERS[variant](job)
+            metrics = log_record(record, cfg, lean)
+            if checkpointer:
+                checkpointer.remove()
+            last = record.history[-1] if record.history else {}
+            say(f"[{cfg.model}/{variant}] finished: " + _headline(metrics))
+            return ChildOutcome(variant, run_id, "FINISHED", metrics, last_epoch=last, control=control, record=record)
     except KeyboardInterrupt:
         raise
+    except VariantSkipped as skip:
+        say(f"[{cfg.model}/{variant}] skipped: {skip}")
+        return ChildOutcome(variant, run_id, "SKIPPED", error=str(skip), control=control)
     except Exception as exc:  # noqa: BLE001 - one variant failing must not stop the others
-        # the child's own id (mlflow.last_active_run() would name the still-active parent)
-        return ChildOutcome(variant, run_id, "FAILED", error=f"{type(exc).__name__}: {exc}")
+        say(f"[{cfg.model}/{variant}] FAILED: {type(exc).__name__}: {exc}")
+        return ChildOutcome(variant, run_id, "FAILED", error=f"{type(exc).__name__}: {exc}", control=control)
+
+
+def _headline(metrics: dict[str, float]) -> str:
+    parts = [f"{metrics['energy_kwh'] * 1000:.3f} Wh own"]
+    if metrics.get("upstream_energy_kwh"):
+        parts.append(f"{metrics['lifecycle_energy_kwh'] * 1000:.3f} Wh lifecycle")
+    if "test_acc1" in metrics:
+        parts.insert(0, f"test_acc1 {metrics['test_acc1']:.2f}%")
+    return ", ".join(parts)
 
 
 def write_variants_table(children: list[ChildOutcome], path: Path) -> Path:
     """One row per child: the headline columns plus status and run id."""
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(("variant", "status", "run_id", *TABLE_COLUMNS))
+        writer.writerow(("variant", "status", "run_id", "reason", *TABLE_COLUMNS))
         for child in children:
-            writer.writerow((child.variant, child.status, child.run_id, *(child.metrics.get(c, "") for c in TABLE_COLUMNS)))
+            writer.writerow((child.variant, child.status, child.run_id, child.error,
+                             *(child.metrics.get(c, "") for c in TABLE_COLUMNS)))
     return path
 
 
+def _upstream_of(child: ChildOutcome) -> Upstream | None:
+    if child.status != "FINISHED" or child.record is None:
+        return None
+    return Upstream(child.record.model, child.run_id, child.record.ledger.as_upstream(child.run_id))
+
+
 def run_main(cfg: RunConfig) -> MainOutcome:
-    """Train, measure and log every requested variant of one model."""
-    device, data = prepare(cfg)
-    cpu_data = data
-    data = data.to(device)
-    meter = EnergyMeter(cfg.country_iso_code, cfg.cpu_power_w, cfg.ram_power_w, cfg.measure_power_secs)
-    tags = base_tags(cfg, data, device, meter)
-    bench = Bench(cfg, data, cpu_data, device, meter)
+    """Train, measure and log every requested variant of one model (or go on with an interrupted run)."""
+    device, cpu_data = prepare(cfg)
+    plan: ResumePlan | None = plan_resume(cfg, device) if cfg.resume else None
+    bench, tags = make_bench(cfg, device, cpu_data)
     children: list[ChildOutcome] = []
-    with run_scope(cfg.model, cfg.experiment_name, tags={**tags, "kind": "parent"}) as parent:
+    upstream = plan.upstream if plan else None
+    with run_scope(cfg.model, cfg.experiment_name, tags={**tags, "kind": "parent"}, run_id=cfg.resume or None) as parent:
         existing = mlflow.get_run(parent.info.run_id).data.params
         wanted = {"model": cfg.model, "variants": ",".join(cfg.variants), "dataset": cfg.dataset}
         mlflow.log_params({k: v for k, v in wanted.items() if k not in existing})
         try:
             for variant in execution_order(cfg.variants):
-                child = run_variant(bench, variant, tags)
+                if plan and variant in plan.finished:
+                    say(f"[{cfg.model}/{variant}] already FINISHED in run {plan.finished[variant].run_id}: not re-run")
+                    children.append(plan.finished[variant])
+                    continue
+                child = run_variant(bench, variant, tags, upstream=upstream,
+                                    resume_run_id=plan.unfinished.get(variant, "") if plan else "")
                 children.append(child)
-                if child.status != "FINISHED":
-                    print(f"variant {variant} FAILED: {child.error}")
+                if variant == "baseline":
+                    upstream = _upstream_of(child)
         finally:
             _log_parent_summary(children)
-            meter.stop()
-        if children and all(child.status != "FINISHED" for child in children):
+            bench.meter.stop()
+        if children and all(child.status in ("FAILED", "KILLED") for child in children):
             raise RuntimeError("every variant failed: " + "; ".join(f"{c.variant}: {c.error}" for c in children))
     return MainOutcome(cfg.experiment_name, parent.info.run_id, children)
 
@@ -169,28 +226,39 @@ def _log_parent_summary(children: list[ChildOutcome]) -> None:
         "energy_kwh": sum(c.metrics.get("energy_kwh", 0.0) for c in finished),
         "emissions_kg": sum(c.metrics.get("emissions_kg", 0.0) for c in finished),
         "variants_finished": len(finished),
-        "variants_failed": len(children) - len(finished),
+        "variants_failed": sum(c.status in ("FAILED", "KILLED") for c in children),
+        "variants_skipped": sum(c.status == "SKIPPED" for c in children),
     })
-    failed = [child.variant for child in children if child.status != "FINISHED"]
-    if failed:
-        mlflow.set_tag("failed_variants", ",".join(failed))
+    for status, tag in (("FAILED", "failed_variants"), ("SKIPPED", "skipped_variants")):
+        names = [child.variant for child in children if child.status == status]
+        if names:
+            mlflow.set_tag(tag, ",".join(names))
     with tempfile.TemporaryDirectory() as tmp:
         mlflow.log_artifact(str(write_variants_table(children, Path(tmp) / "variants.csv")))
 
 
-def summary_lines(outcome: MainOutcome) -> list[str]:
+def summary_lines(outcome: MainOutcome, total_seconds: float | None = None) -> list[str]:
     """What a person reads at the end of a run."""
     uri = mlflow.get_tracking_uri()
     lines = [f"experiment: {outcome.experiment}", f"parent run id: {outcome.parent_run_id}"]
     for child in outcome.children:
         m = child.metrics
-        if child.status == "FINISHED":
+        if child.status == "FINISHED" and "test_acc1" in m:
             lines.append(
                 f"  {child.variant:<10} run {child.run_id}  test_acc1={m['test_acc1']:.2f}%  "
-                f"energy={m['energy_kwh'] * 1000:.3f} Wh  emissions={m['emissions_kg'] * 1000:.3f} g CO2eq  "
+                f"energy={m['energy_kwh'] * 1000:.3f} Wh (lifecycle {m['lifecycle_energy_kwh'] * 1000:.3f} Wh)  "
+                f"emissions={m['emissions_kg'] * 1000:.3f} g CO2eq  "
                 f"infer={m['infer_images_per_second']:.0f} img/s  size={m['model_size_mb']:.1f} MB"
             )
         else:
-            lines.append(f"  {child.variant:<10} run {child.run_id}  FAILED: {child.error}")
+            lines.append(f"  {child.variant:<10} run {child.run_id}  {child.status}: {child.error}")
+    lines.append(f"energy figures are {'measured' if 'rapl' in _method() else 'CodeCarbon estimates'}; CPU capability {cpu_capability()}")
+    if total_seconds is not None:
+        lines.append(f"total time: {duration(total_seconds)}")
     lines.append(f"browse: mlflow ui --backend-store-uri {uri}")
     return lines
+
+
+def _method() -> str:
+    run = mlflow.last_active_run()
+    return run.data.tags.get("energy_method", "") if run else ""

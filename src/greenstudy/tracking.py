@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import logging
 import os
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +20,7 @@ from mlflow.entities import RunStatus
 from mlflow.models import infer_signature
 from torch import nn
 
-from greenstudy.errors import TrackingError
+from greenstudy.errors import TrackingError, VariantSkipped
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -29,15 +31,19 @@ CONTRACT_PARAMS = (
     "model", "variant", "dataset", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing",
     "seed", "device", "train_subset", "country_iso_code",
 )
-EPOCH_METRICS = ("train_loss", "train_acc1", "val_loss", "val_acc1", "epoch_seconds", "epoch_energy_kwh")
+EPOCH_METRICS = (
+    "train_loss", "train_acc1", "val_loss", "val_acc1", "epoch_seconds", "epoch_energy_kwh",
+    "epoch_train_energy_kwh", "epoch_val_energy_kwh", "cumulative_energy_kwh",
+)
 FINAL_METRICS = (
-    "test_acc1", "test_acc5", "train_energy_kwh", "train_emissions_kg", "train_seconds", "eval_energy_kwh",
-    "infer_energy_wh_per_1k_images", "infer_images_per_second", "energy_kwh", "emissions_kg",
+    "test_acc1", "test_acc5", "test_loss", "energy_kwh", "own_energy_kwh", "upstream_energy_kwh", "lifecycle_energy_kwh",
+    "emissions_kg", "lifecycle_emissions_kg", "train_energy_kwh", "val_energy_kwh", "setup_energy_kwh", "test_energy_kwh",
+    "train_emissions_kg", "train_seconds", "infer_energy_wh_per_1k_images", "infer_images_per_second",
     "cpu_energy_kwh", "gpu_energy_kwh", "ram_energy_kwh", "params", "macs", "model_size_mb",
 )
 CONTRACT_TAGS = (
-    "model", "variant", "dataset", "data_source", "device", "energy_method", "codecarbon_version",
-    "cpu_model", "gpu_model",
+    "kind", "model", "variant", "dataset", "data_source", "device", "energy_method", "codecarbon_version",
+    "cpu_model", "gpu_model", "cpu_capability", "precision",
 )
 PIP_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1"]
 
@@ -55,10 +61,15 @@ def ensure_tracking_reachable(timeout_s: float = 5.0) -> str:
 
 
 @contextmanager
-def run_scope(run_name: str, experiment: str, nested: bool = False, tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
-    """Start (or attach to, under `mlflow run`) a run and always end it with an honest status:
-    FINISHED on success, KILLED on Ctrl-C, FAILED on any other exception (with the error tagged)."""
-    if not nested and os.environ.get("MLFLOW_RUN_ID"):
+def run_scope(
+    run_name: str, experiment: str, nested: bool = False, tags: dict[str, str] | None = None, run_id: str | None = None,
+) -> Iterator[mlflow.ActiveRun]:
+    """Start (or attach to, under `mlflow run`; or reopen `run_id` in place) a run and always end it
+    with an honest status: FINISHED on success, KILLED on Ctrl-C and for a skipped variant (reason in
+    the `skipped` tag), FAILED on any other exception (with the error tagged)."""
+    if run_id:
+        run = mlflow.start_run(run_id=run_id, nested=nested)
+    elif not nested and os.environ.get("MLFLOW_RUN_ID"):
         run = mlflow.start_run()  # `mlflow run` created this run already; attach to it
     else:
         if not nested:
@@ -68,6 +79,10 @@ def run_scope(run_name: str, experiment: str, nested: bool = False, tags: dict[s
         mlflow.set_tags(tags)
     try:
         yield run
+    except VariantSkipped as skip:
+        mlflow.set_tag("skipped", str(skip))
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        raise
     except KeyboardInterrupt:
         mlflow.set_tag("error", "interrupted (KeyboardInterrupt)")
         mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
@@ -90,18 +105,21 @@ def log_final(metrics: dict[str, float]) -> None:
 
 
 def log_torch_model(model: nn.Module, example: torch.Tensor, name: str = "model") -> None:
-    """The model as an MLflow pytorch model (pickle format: works for pruned and int8 modules too),
-    with a signature and a batch-2 float input example."""
-    model.eval()
+    """The model, from a CPU copy, as an MLflow pytorch model (pickle format: works for pruned and int8
+    modules too), with a signature and a batch-2 float input example."""
+    model = copy.deepcopy(model).cpu().eval()  # a CPU copy: loadable on a host without the run's GPU
     example = example[:2].float().cpu()
     logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # the pickle-format caution, once per model
     with torch.no_grad():
         output = model(example)
     signature = infer_signature(example.numpy(), output.float().numpy())
-    mlflow.pytorch.log_model(
-        model, name=name, signature=signature, input_example=np.asarray(example.numpy()),
-        serialization_format="pickle", pip_requirements=PIP_REQUIREMENTS,
-    )
+    with warnings.catch_warnings():  # torch.jit save/load deprecation notes for the int8 module
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", message=".*TorchScript archive.*")
+        mlflow.pytorch.log_model(
+            model, name=name, signature=signature, input_example=np.asarray(example.numpy()),
+            serialization_format="pickle", pip_requirements=PIP_REQUIREMENTS,
+        )
 
 
 def write_dict_csv(rows: Sequence[dict[str, object]], columns: Sequence[str], path: Path) -> Path:

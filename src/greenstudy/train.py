@@ -37,6 +37,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def configure_device(device: torch.device) -> dict[str, str]:
+    """On CUDA: cuDNN autotuning on, TF32 off (so the fp32 baseline really is fp32); returns the tags
+    that say so. No CUDA call on a CPU run."""
+    if device.type != "cuda":
+        return {}
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    return {"tf32": "off", "cudnn_benchmark": "on"}
+
+
 def set_cpu_threads() -> int:
     """Use every core this process may run on."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -117,9 +128,10 @@ def train_one_epoch(setup: TrainSetup, train: Split) -> tuple[float, float]:
 @torch.no_grad()
 def evaluate(
     model: nn.Module, split: Split, normalize: Normalizer, precision: Precision, device: torch.device,
-    batch_size: int = 512, label_smoothing: float = 0.0,
+    batch_size: int = 512,
 ) -> dict[str, float]:
-    """Loss, top-1 and top-5 accuracy (percent) on a split."""
+    """Loss (plain cross-entropy, no label smoothing: the same for validation and test), top-1 and
+    top-5 accuracy (percent) on a split."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
     top1 = torch.zeros((), device=device, dtype=torch.long)
@@ -129,7 +141,7 @@ def evaluate(
             logits = model(normalize(images.to(device, non_blocking=True)))
         labels = labels.to(device, non_blocking=True)
         logits = logits.float()
-        loss_sum += F.cross_entropy(logits, labels, label_smoothing=label_smoothing, reduction="sum")
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
         best = logits.topk(min(5, logits.shape[1]), dim=1).indices
         top1 += (best[:, 0] == labels).sum()
         top5 += (best == labels[:, None]).any(dim=1).sum()
@@ -138,41 +150,25 @@ def evaluate(
 
 
 @torch.no_grad()
-def inference_benchmark(
-    model: nn.Module, split: Split, normalize: Normalizer, precision: Precision, device: torch.device,
-    batches: int, batch_size: int = 256,
-) -> tuple[int, float]:
-    """Run `batches` eval-mode forward passes of `batch_size` images (cycling through `split`);
-    returns (images, seconds). One warm-up batch is excluded."""
-    model.eval()
+def inference_batch(split: Split, normalize: Normalizer, device: torch.device, batch_size: int) -> torch.Tensor:
+    """One normalised batch of `batch_size` test images on `device` (repeated when the split is smaller)."""
     images = split.images
     if len(split) < batch_size:
-        repeats = math.ceil(batch_size / max(len(split), 1))
-        images = images.repeat(repeats, 1, 1, 1)
-    batch = normalize(images[:batch_size].to(device))
-    with precision.autocast(device):
-        model(batch)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+        images = images.repeat(math.ceil(batch_size / max(len(split), 1)), 1, 1, 1)
+    return normalize(images[:batch_size].to(device))
+
+
+@torch.no_grad()
+def run_inference_for(model: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, precision: Precision,
+                      device: torch.device, seconds: float) -> int:
+    """Eval-mode forward passes of `batch` until `seconds` have passed (at least one); returns the image
+    count. The caller measures time and energy over this same call (see variants.infer)."""
     started = time.perf_counter()
+    images = 0
     with precision.autocast(device):
-        for _ in range(batches):
+        while images == 0 or time.perf_counter() - started < seconds:
             model(batch)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return batches * batch_size, time.perf_counter() - started
-
-
-def run_epoch(setup: TrainSetup, train: Split, val: Split) -> dict[str, float]:
-    """One training epoch plus validation; returns the per-epoch metrics."""
-    started = time.perf_counter()
-    train_loss, train_acc1 = train_one_epoch(setup, train)
-    val_metrics = evaluate(setup.model, val, setup.normalize, setup.precision, setup.device,
-                           label_smoothing=setup.label_smoothing)
-    return {
-        "train_loss": train_loss,
-        "train_acc1": train_acc1,
-        "val_loss": val_metrics["loss"],
-        "val_acc1": val_metrics["acc1"],
-        "epoch_seconds": time.perf_counter() - started,
-    }
+            images += batch.shape[0]
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # the clock above must see finished work
+    return images

@@ -1,150 +1,60 @@
 """The four variants of a model: baseline (fp32), amp (mixed precision), pruned (torch-pruning),
-quantized (int8 post-training static). Each returns a trained model and the run's metric contract."""
+quantized (int8 post-training static). Each takes a `VariantJob` and returns a `VariantRecord`;
+none of them logs final metrics (run.py turns records into metrics in one place)."""
 
 from __future__ import annotations
 
 import copy
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import mlflow
 import torch
 from torch import nn
 
+from greenstudy.checkpoint import Checkpointer
 from greenstudy.config import RunConfig
+from greenstudy.control import TrainingControl
 from greenstudy.data import CifarData, Normalizer, eval_batches
-from greenstudy.energy import EnergyMeter, PhaseEnergy, total
+from greenstudy.energy import EnergyMeter
+from greenstudy.errors import VariantSkipped
+from greenstudy.fitting import fit
+from greenstudy.ledger import Ledger, PhaseEnergy
 from greenstudy.models import build_model, classifier_layer, count_macs_params, model_size_mb
-from greenstudy.precision import Precision, choose_mixed_precision, describe
-from greenstudy.tracking import log_epoch
-from greenstudy.train import (
-    TrainSetup,
-    evaluate,
-    inference_benchmark,
-    make_optimizer,
-    make_scheduler,
-    run_epoch,
-    steps_per_epoch,
-)
+from greenstudy.precision import Hardware, Precision, choose_mixed_precision
+from greenstudy.record import Inference, Upstream, VariantRecord
+from greenstudy.train import evaluate, inference_batch, run_inference_for
 
 INFER_BATCH_SIZE = 256
+WARMUP_SECONDS = 1.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class Bench:
-    """What the variants of one parent run share: config, data on the device, the energy meter,
-    and the trained baseline once there is one."""
+    """What every variant of one process shares; read-only once made."""
 
     cfg: RunConfig
-    data: CifarData
+    data: CifarData  # on the run's device
     cpu_data: CifarData
     device: torch.device
     meter: EnergyMeter
-    baseline_model: nn.Module | None = None
-    baseline_run_id: str | None = None
-    last_epoch: dict[str, float] = field(default_factory=dict)
-    histories: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    hw: Hardware
 
 
 @dataclass
-class VariantResult:
-    """A finished variant: its model, final metrics and variant-specific tags."""
+class VariantJob:
+    """One variant to run: the bench, its control, where it checkpoints, what it resumes, what it derives from."""
 
-    model: nn.Module
-    metrics: dict[str, float]
-    tags: dict[str, str] = field(default_factory=dict)
-    example: torch.Tensor | None = None
+    bench: Bench
+    control: TrainingControl
+    checkpointer: Checkpointer | None = None
+    resume: dict[str, object] | None = None
+    upstream: Upstream | None = None
+    lean: bool = False  # a study trial: no test evaluation, inference benchmark or model
 
 
 def _normalizer(bench: Bench, device: torch.device, channels_last: bool) -> Normalizer:
     return Normalizer(bench.data.mean, bench.data.std, device, channels_last)
-
-
-def _compile_wanted(cfg: RunConfig, device: torch.device) -> bool:
-    return cfg.compile == "true" or (cfg.compile == "auto" and device.type == "cuda")
-
-
-def fit(bench: Bench, model: nn.Module, precision: Precision, epochs: int, lr: float, label: str) -> PhaseEnergy:
-    """Train `model` in place for `epochs`, one energy phase per epoch; log per-epoch metrics."""
-    cfg, device = bench.cfg, bench.device
-    model.to(device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, lr, cfg.weight_decay)
-    total_steps = epochs * steps_per_epoch(len(bench.data.train), cfg.batch_size)
-    setup = TrainSetup(
-        model=model,
-        optimizer=optimizer,
-        scheduler=make_scheduler(optimizer, lr, total_steps),
-        normalize=_normalizer(bench, device, cfg.channels_last),
-        precision=precision,
-        label_smoothing=cfg.label_smoothing,
-        batch_size=cfg.batch_size,
-        device=device,
-        generator=torch.Generator(device=device).manual_seed(cfg.seed),
-        scaler=torch.amp.GradScaler(device.type) if precision.needs_scaler else None,
-        step_fn=torch.compile(model) if _compile_wanted(cfg, device) else None,
-    )
-    phases = []
-    bench.histories[label] = []
-    for epoch in range(1, epochs + 1):
-        with bench.meter.phase(f"{label}/train/epoch{epoch}") as phase:
-            metrics = run_epoch(setup, bench.data.train, bench.data.val)
-        metrics["epoch_energy_kwh"] = phase.energy_kwh
-        log_epoch(metrics, epoch)
-        bench.last_epoch = metrics
-        bench.histories[label].append(metrics)
-        phases.append(phase)
-    return total(phases, f"{label}/train")
-
-
-def measure(
-    bench: Bench, model: nn.Module, precision: Precision, label: str, train: PhaseEnergy,
-    device: torch.device | None = None, data: CifarData | None = None, channels_last: bool | None = None,
-    macs_params: tuple[int, int] | None = None,
-) -> dict[str, float]:
-    """Test-set evaluation and the inference benchmark, each an energy phase; returns the contract."""
-    device = device or bench.device
-    data = data or bench.data
-    channels_last = bench.cfg.channels_last if channels_last is None else channels_last
-    normalize = _normalizer(bench, device, channels_last)
-    with bench.meter.phase(f"{label}/eval") as eval_phase:
-        test = evaluate(model, data.test, normalize, precision, device)
-    with bench.meter.phase(f"{label}/inference") as infer_phase:
-        images, seconds = inference_benchmark(
-            model, data.test, normalize, precision, device, bench.cfg.infer_batches, INFER_BATCH_SIZE
-        )
-    everything = total([train, eval_phase, infer_phase])
-    macs, params = macs_params or count_macs_params(model)
-    metrics = {
-        "test_acc1": test["acc1"],
-        "test_acc5": test["acc5"],
-        "test_loss": test["loss"],
-        "train_energy_kwh": train.energy_kwh,
-        "train_emissions_kg": train.emissions_kg,
-        "train_seconds": train.seconds,
-        "eval_energy_kwh": eval_phase.energy_kwh,
-        "eval_seconds": eval_phase.seconds,
-        "infer_energy_wh_per_1k_images": infer_phase.energy_kwh * 1000 * 1000 / images,
-        "infer_images_per_second": images / seconds,
-        "energy_kwh": everything.energy_kwh,
-        "emissions_kg": everything.emissions_kg,
-        "cpu_energy_kwh": everything.cpu_kwh,
-        "gpu_energy_kwh": everything.gpu_kwh,
-        "ram_energy_kwh": everything.ram_kwh,
-        "params": params,
-        "macs": macs,
-        "model_size_mb": model_size_mb(model),
-    }
-    if everything.gpu_nvml_kwh is not None:
-        metrics["gpu_energy_nvml_kwh"] = everything.gpu_nvml_kwh
-    for phase in (train, eval_phase, infer_phase):
-        short = phase.name.rsplit("/", 1)[-1]
-        metrics[f"{short}_cpu_energy_kwh"] = phase.cpu_kwh
-        metrics[f"{short}_gpu_energy_kwh"] = phase.gpu_kwh
-        metrics[f"{short}_ram_energy_kwh"] = phase.ram_kwh
-    return metrics
 
 
 def _example(bench: Bench) -> torch.Tensor:
@@ -152,32 +62,67 @@ def _example(bench: Bench) -> torch.Tensor:
     return normalize(bench.cpu_data.test.images[:2])
 
 
-def run_baseline(bench: Bench) -> VariantResult:
+def infer(bench: Bench, model: nn.Module, precision: Precision, ledger: list[PhaseEnergy], name: str,
+          device: torch.device, data: CifarData, channels_last: bool) -> Inference:
+    """Untimed warm-up, then forward passes for `infer_seconds` inside one measured phase: energy and
+    images/s come from the same window."""
+    model.eval()
+    batch = inference_batch(data.test, _normalizer(bench, device, channels_last), device, INFER_BATCH_SIZE)
+    run_inference_for(model, batch, precision, device, min(WARMUP_SECONDS, bench.cfg.infer_seconds))
+    with bench.meter.phase(ledger, name, "inference") as phase:
+        images = run_inference_for(model, batch, precision, device, bench.cfg.infer_seconds)
+    return Inference(images, phase)
+
+
+def finish(job: VariantJob, record: VariantRecord, precision: Precision, label: str, device: torch.device | None = None,
+           data: CifarData | None = None, channels_last: bool | None = None, size_of: nn.Module | None = None) -> VariantRecord:
+    """Test evaluation and inference benchmark (skipped in lean trials), size and example."""
+    bench = job.bench
+    device = device or bench.device
+    data = data or bench.data
+    channels_last = bench.cfg.channels_last if channels_last is None else channels_last
+    if not job.lean:
+        normalize = _normalizer(bench, device, channels_last)
+        with bench.meter.phase(record.ledger.phases, f"{label}/test", "test"):
+            record.test = evaluate(record.model, data.test, normalize, precision, device)
+        record.inference = infer(bench, record.model, precision, record.ledger.phases, f"{label}/inference", device, data, channels_last)
+    macs, params = count_macs_params(size_of if size_of is not None else record.model)
+    record.size = {"params": params, "macs": macs, "model_size_mb": model_size_mb(record.model)}
+    record.example = _example(bench)
+    return record
+
+
+def _train_fresh(job: VariantJob, precision: Precision, label: str) -> VariantRecord:
+    """Baseline and amp: a model trained from scratch (or from this run's checkpoint)."""
+    cfg, bench = job.bench.cfg, job.bench
+    ledger: list[PhaseEnergy] = list(job.resume["ledger"]) if job.resume else []
+    if job.resume:
+        model = job.resume["model"]
+    else:
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.model, bench.data.num_classes, cfg.resolution)
+    model.to(bench.device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    fitted = fit(cfg, bench.data, bench.meter, model, precision, cfg.epochs, cfg.lr, label, ledger, job.control,
+                 job.checkpointer, job.resume)
+    record = VariantRecord(model, Ledger(ledger), job.control, history=fitted.history, tags={"precision": precision.name})
+    return finish(job, record, precision, label)
+
+
+def run_baseline(job: VariantJob) -> VariantRecord:
     """fp32 training from scratch."""
-    cfg = bench.cfg
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, bench.data.num_classes, cfg.resolution)
-    precision = Precision()
-    train = fit(bench, model, precision, cfg.epochs, cfg.lr, "baseline")
-    metrics = measure(bench, model, precision, "baseline", train)
-    bench.baseline_model = model
-    return VariantResult(model, metrics, {"precision": precision.name}, _example(bench))
+    return _train_fresh(job, Precision(), f"{job.bench.cfg.model}/baseline")
 
 
-def run_amp(bench: Bench) -> VariantResult:
-    """Mixed-precision training: bf16 autocast where supported, else fp16 with a GradScaler."""
-    cfg = bench.cfg
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, bench.data.num_classes, cfg.resolution)
-    precision = choose_mixed_precision(describe(bench.device)).precision or Precision(torch.bfloat16)
-    train = fit(bench, model, precision, cfg.epochs, cfg.lr, "amp")
-    metrics = measure(bench, model, precision, "amp", train)
-    return VariantResult(model, metrics, {"precision": precision.name}, _example(bench))
-
-
-def _require_baseline(bench: Bench, variant: str) -> None:
-    if bench.baseline_model is None:
-        raise RuntimeError(f"{variant} needs a trained baseline, and this run has none (the baseline variant failed?)")
+def run_amp(job: VariantJob) -> VariantRecord:
+    """Mixed-precision training where the hardware runs it natively (see greenstudy.precision)."""
+    choice = choose_mixed_precision(job.bench.hw, job.bench.cfg.amp_dtype)
+    if not choice.runs:
+        raise VariantSkipped(choice.reason)
+    record = _train_fresh(job, choice.precision, f"{job.bench.cfg.model}/amp")
+    record.tags["precision_reason"] = choice.reason
+    return record
 
 
 def _importance(name: str) -> object:
@@ -204,26 +149,39 @@ def prune_channels(model: nn.Module, ratio: float, importance: str = "l2") -> nn
     return model
 
 
-def run_pruned(bench: Bench) -> VariantResult:
+def _require_upstream(job: VariantJob, variant: str) -> Upstream:
+    if job.upstream is None:
+        raise RuntimeError(f"{variant} needs a trained baseline, and this run has none (the baseline variant failed?)")
+    return job.upstream
+
+
+def run_pruned(job: VariantJob) -> VariantRecord:
     """Prune the trained baseline's channels, then fine-tune for `finetune_epochs` at half the lr."""
-    cfg = bench.cfg
-    _require_baseline(bench, "pruned")
-    model = copy.deepcopy(bench.baseline_model).to(memory_format=torch.contiguous_format)
-    macs_before, params_before = count_macs_params(model)
-    with bench.meter.phase("pruned/prune") as prune_phase:
-        prune_channels(model, cfg.prune_ratio, cfg.prune_importance)
-    mlflow.log_metrics({"macs_before": macs_before, "params_before": params_before})
+    cfg, bench = job.bench.cfg, job.bench
+    upstream = _require_upstream(job, "pruned")
+    label = f"{cfg.model}/pruned"
+    macs_before, params_before = count_macs_params(upstream.model)
+    if job.resume:
+        ledger: list[PhaseEnergy] = list(job.resume["ledger"])
+        model = job.resume["model"].to(bench.device)
+    else:
+        ledger = []
+        model = copy.deepcopy(upstream.model).to(bench.device, memory_format=torch.contiguous_format)
+        with bench.meter.phase(ledger, f"{label}/prune", "setup"):
+            prune_channels(model, cfg.prune_ratio, cfg.prune_importance)
     epochs = cfg.effective_finetune_epochs
-    train = prune_phase
+    history: list[dict[str, float]] = []
     if epochs:
-        train = total([prune_phase, fit(bench, model, Precision(), epochs, cfg.lr * 0.5, "pruned")], "pruned/train")
-    metrics = measure(bench, model, Precision(), "pruned", train)
-    metrics.update(
-        macs_before=macs_before, params_before=params_before,
-        macs_reduction=1 - metrics["macs"] / macs_before,
-    )
-    tags = {"precision": "fp32", "derived_from": bench.baseline_run_id or "", "finetune_epochs": str(epochs)}
-    return VariantResult(model, metrics, tags, _example(bench))
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        history = fit(cfg, bench.data, bench.meter, model, Precision(), epochs, cfg.lr * 0.5, label, ledger, job.control,
+                      job.checkpointer, job.resume).history
+    tags = {"precision": "fp32", "derived_from": upstream.run_id, "finetune_epochs": str(epochs)}
+    record = VariantRecord(model, Ledger(ledger), job.control, upstream, history, tags=tags)
+    record = finish(job, record, Precision(), label)
+    record.extra = {"macs_before": macs_before, "params_before": params_before,
+                    "macs_reduction": 1 - record.size["macs"] / macs_before}
+    return record
 
 
 def quantize_int8(model: nn.Module, calibration: list[torch.Tensor]) -> nn.Module:
@@ -249,51 +207,44 @@ def quantize_int8(model: nn.Module, calibration: list[torch.Tensor]) -> nn.Modul
         return convert_fx(prepared)
 
 
-def run_quantized(bench: Bench) -> VariantResult:
-    """int8 static quantization of the trained baseline, calibrated on `calib_batches` train
-    batches; evaluated and benchmarked on the CPU next to the fp32 baseline on the same CPU."""
-    cfg = bench.cfg
-    _require_baseline(bench, "quantized")
+def run_quantized(job: VariantJob) -> VariantRecord:
+    """int8 static quantization of the trained baseline, calibrated on `calib_batches` train batches;
+    evaluated and benchmarked on the CPU, next to the fp32 baseline benchmarked on the same CPU."""
+    cfg, bench = job.bench.cfg, job.bench
+    upstream = _require_upstream(job, "quantized")
+    label = f"{cfg.model}/quantized"
     cpu = torch.device("cpu")
     normalize = Normalizer(bench.data.mean, bench.data.std, cpu, channels_last=False)
-    calibration = [
-        normalize(images)
-        for _, (images, _labels) in zip(range(cfg.calib_batches), eval_batches(bench.cpu_data.train, cfg.batch_size), strict=False)
-    ]
-    for epoch, metrics in enumerate(bench.histories.get("baseline", []), start=1):
-        log_epoch(metrics, epoch)  # its training is the baseline's
-    with bench.meter.phase("quantized/calibrate") as calib_phase:
-        quantized = quantize_int8(bench.baseline_model, calibration)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantized = torch.jit.trace(quantized, calibration[0][:2])  # a loadable, self-contained int8 module
-    fp32 = copy.deepcopy(bench.baseline_model).cpu().to(memory_format=torch.contiguous_format)
-    metrics = measure(
-        bench, quantized, Precision(), "quantized", calib_phase, cpu, bench.cpu_data,
-        channels_last=False, macs_params=count_macs_params(fp32),
-    )
-    with bench.meter.phase("quantized/fp32-cpu-inference") as fp32_phase:
-        images, seconds = inference_benchmark(fp32, bench.cpu_data.test, normalize, Precision(), cpu, cfg.infer_batches, INFER_BATCH_SIZE)
-    metrics["fp32_cpu_infer_images_per_second"] = images / seconds
-    metrics["fp32_cpu_infer_energy_wh_per_1k_images"] = fp32_phase.energy_kwh * 1e6 / images
-    tags = {
-        "precision": "int8", "derived_from": bench.baseline_run_id or "",
-        "quantization": "fx-static-x86, torch.jit.trace", "eval_device": "cpu",
-    }
-    return VariantResult(quantized, metrics, tags, _example(bench))
+    batches = zip(range(cfg.calib_batches), eval_batches(bench.cpu_data.train, cfg.batch_size), strict=False)
+    calibration = [normalize(images) for _, (images, _labels) in batches]
+    ledger: list[PhaseEnergy] = []
+    with bench.meter.phase(ledger, f"{label}/calibrate", "setup"):
+        quantized = quantize_int8(upstream.model, calibration)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantized = torch.jit.trace(quantized, calibration[0][:2])  # a loadable, self-contained int8 module
+    fp32 = copy.deepcopy(upstream.model).cpu().to(memory_format=torch.contiguous_format).eval()
+    tags = {"precision": "int8", "derived_from": upstream.run_id, "quantization": "fx-static-x86, torch.jit.trace",
+            "eval_device": "cpu"}
+    record = VariantRecord(quantized, Ledger(ledger), job.control, upstream, tags=tags)
+    record = finish(job, record, Precision(), label, cpu, bench.cpu_data, channels_last=False, size_of=fp32)
+    if not job.lean:
+        fp32_inference = infer(bench, fp32, Precision(), ledger, f"{label}/fp32-cpu-inference", cpu, bench.cpu_data, False)
+        record.extra = fp32_inference.metrics("fp32_cpu_infer")
+    return record
 
 
-VARIANT_RUNNERS: dict[str, Callable[[Bench], VariantResult]] = {
+VARIANT_RUNNERS: dict[str, Callable[[VariantJob], VariantRecord]] = {
     "baseline": run_baseline,
     "amp": run_amp,
     "pruned": run_pruned,
     "quantized": run_quantized,
 }
+DERIVED = ("pruned", "quantized")
 
 
 def execution_order(variants: tuple[str, ...]) -> list[str]:
     """Requested variants, with the baseline first whenever pruned or quantized need it."""
-    needs_baseline = any(v in ("pruned", "quantized") for v in variants)
-    if needs_baseline:
+    if any(v in DERIVED for v in variants):
         return ["baseline"] + [v for v in variants if v != "baseline"]
     return list(variants)

@@ -1,0 +1,87 @@
+"""The last finished epoch of a training run, on local disk, so an interrupted run can go on in place.
+
+A checkpoint holds the whole module (pruned models change shape), optimizer, scheduler, scaler, every
+RNG state, the epoch, the epoch history, the energy ledger so far and the training fingerprint
+(the config values that must match for a resume to reach the same weights)."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from greenstudy.errors import ConfigError
+
+FINGERPRINT_FIELDS = (
+    "model", "dataset", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "seed",
+    "train_subset", "val_size", "resolution", "channels_last", "prune_ratio", "prune_importance",
+    "finetune_epochs", "amp_dtype",
+)
+
+
+def fingerprint(cfg: object) -> dict[str, object]:
+    """The config values a resumed run must share with the interrupted one."""
+    return {name: getattr(cfg, name) for name in FINGERPRINT_FIELDS}
+
+
+def rng_state(generator: torch.Generator) -> dict[str, object]:
+    state = {
+        "python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+        "generator": generator.get_state(),
+    }
+    if generator.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(generator.device)
+    return state
+
+
+def restore_rng(state: dict[str, object], generator: torch.Generator) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["generator"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], generator.device)
+
+
+@dataclass
+class Checkpointer:
+    """Where one run's checkpoint lives (`<checkpoint_dir>/<run_id>/last.pt`)."""
+
+    folder: Path
+
+    @property
+    def path(self) -> Path:
+        return self.folder / "last.pt"
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def save(self, state: dict[str, object]) -> None:
+        """Atomically: a crash mid-write leaves the previous checkpoint intact."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(".partial")
+        torch.save(state, partial)
+        os.replace(partial, self.path)
+
+    def load(self, expected: dict[str, object]) -> dict[str, object]:
+        """The checkpoint, after checking it was made with the same training settings."""
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is one clear line
+            raise ConfigError(f"checkpoint {self.path} is unreadable ({type(exc).__name__}): delete it to start over") from exc
+        stored = state.get("fingerprint", {})
+        diff = [f"{k}={stored.get(k)!r} (now {v!r})" for k, v in expected.items() if stored.get(k) != v]
+        if diff:
+            raise ConfigError(f"checkpoint {self.path} was made with other settings: {', '.join(diff)}")
+        return state
+
+    def remove(self) -> None:
+        """Drop the checkpoint once its run has finished (the model is logged to MLflow)."""
+        for path in (self.path, self.path.with_suffix(".partial")):
+            path.unlink(missing_ok=True)
+        if self.folder.is_dir() and not any(self.folder.iterdir()):
+            self.folder.rmdir()

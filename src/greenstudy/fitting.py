@@ -1,0 +1,141 @@
+"""The training loop of a variant: epochs as measured phases (train, then validation), an optional
+one-time compile/warm-up phase, a checkpoint after every finished epoch, progress lines, and the
+energy-to-target / energy-budget control."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from greenstudy.checkpoint import Checkpointer, fingerprint, restore_rng, rng_state
+from greenstudy.config import RunConfig
+from greenstudy.control import EpochReport, TrainingControl
+from greenstudy.data import CifarData, Normalizer, train_batches
+from greenstudy.energy import EnergyMeter
+from greenstudy.ledger import Ledger, PhaseEnergy
+from greenstudy.precision import Precision
+from greenstudy.progress import EpochProgress
+from greenstudy.tracking import log_epoch
+from greenstudy.train import TrainSetup, evaluate, make_optimizer, make_scheduler, steps_per_epoch, train_one_epoch
+
+
+@dataclass
+class FitResult:
+    """What training produced besides the model trained in place."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    first_epoch: int = 1  # > 1 when this sitting resumed from a checkpoint
+
+
+def compile_wanted(cfg: RunConfig, device: torch.device) -> bool:
+    return cfg.compile == "true" or (cfg.compile == "auto" and device.type == "cuda")
+
+
+def _setup(cfg: RunConfig, data: CifarData, model: nn.Module, precision: Precision, epochs: int, lr: float,
+           device: torch.device) -> TrainSetup:
+    optimizer = make_optimizer(model, lr, cfg.weight_decay)
+    total_steps = epochs * steps_per_epoch(len(data.train), cfg.batch_size)
+    return TrainSetup(
+        model=model,
+        optimizer=optimizer,
+        scheduler=make_scheduler(optimizer, lr, total_steps),
+        normalize=Normalizer(data.mean, data.std, device, cfg.channels_last),
+        precision=precision,
+        label_smoothing=cfg.label_smoothing,
+        batch_size=cfg.batch_size,
+        device=device,
+        generator=torch.Generator(device=device).manual_seed(cfg.seed),
+        scaler=torch.amp.GradScaler(device.type) if precision.needs_scaler else None,
+    )
+
+
+def warm_up_compiled(setup: TrainSetup, data: CifarData) -> None:
+    """Compile `setup.model` and run one forward/backward so the compile happens here, in its own
+    phase; weights, buffers and the batch generator are left exactly as they were."""
+    saved = copy.deepcopy(setup.model.state_dict())
+    generator_state = setup.generator.get_state()
+    setup.step_fn = torch.compile(setup.model)
+    images, labels = next(train_batches(data.train, setup.batch_size, setup.generator, setup.augment))
+    setup.model.train()
+    with setup.precision.autocast(setup.device):
+        loss = F.cross_entropy(setup.step_fn(setup.normalize(images)), labels)
+    loss.backward()
+    setup.optimizer.zero_grad(set_to_none=True)
+    setup.model.load_state_dict(saved)
+    setup.generator.set_state(generator_state)
+
+
+def _save(checkpointer: Checkpointer, cfg: RunConfig, setup: TrainSetup, epoch: int, ledger: list[PhaseEnergy],
+          history: list[dict[str, float]], control: TrainingControl) -> None:
+    checkpointer.save({
+        "fingerprint": fingerprint(cfg), "epoch": epoch, "model": setup.model,
+        "optimizer": setup.optimizer.state_dict(), "scheduler": setup.scheduler.state_dict(),
+        "scaler": setup.scaler.state_dict() if setup.scaler else None, "rng": rng_state(setup.generator),
+        "ledger": list(ledger), "history": list(history), "reached": control.reached,
+    })
+
+
+def fit(
+    cfg: RunConfig, data: CifarData, meter: EnergyMeter, model: nn.Module, precision: Precision, epochs: int, lr: float,
+    label: str, ledger: list[PhaseEnergy], control: TrainingControl, checkpointer: Checkpointer | None,
+    resume: dict[str, object] | None = None,
+) -> FitResult:
+    """Train `model` in place for `epochs` (fewer when `control` stops it), appending every phase to
+    `ledger` and logging per-epoch metrics; `resume` is a loaded checkpoint to continue from."""
+    device = data.train.images.device
+    setup = _setup(cfg, data, model, precision, epochs, lr, device)
+    result = FitResult()
+    if resume is not None:
+        setup.optimizer.load_state_dict(resume["optimizer"])
+        setup.scheduler.load_state_dict(resume["scheduler"])
+        if setup.scaler is not None and resume["scaler"] is not None:
+            setup.scaler.load_state_dict(resume["scaler"])
+        restore_rng(resume["rng"], setup.generator)
+        result.history = list(resume["history"])
+        result.first_epoch = int(resume["epoch"]) + 1
+        control.reached = resume["reached"]
+    if compile_wanted(cfg, device):
+        with meter.phase(ledger, f"{label}/compile", "setup"):
+            warm_up_compiled(setup, data)
+    progress = EpochProgress(label, epochs, result.first_epoch)
+    try:
+        _epochs(cfg, data, meter, setup, epochs, label, ledger, control, checkpointer, result, progress)
+    except KeyboardInterrupt:
+        if checkpointer is not None and checkpointer.exists():  # the cut-short phase is spent energy too
+            state = torch.load(checkpointer.path, map_location="cpu", weights_only=False)
+            state["ledger"] = list(ledger)
+            checkpointer.save(state)
+        raise
+    return result
+
+
+def _epochs(cfg: RunConfig, data: CifarData, meter: EnergyMeter, setup: TrainSetup, epochs: int, label: str,
+            ledger: list[PhaseEnergy], control: TrainingControl, checkpointer: Checkpointer | None, result: FitResult,
+            progress: EpochProgress) -> None:
+    model, precision, device = setup.model, setup.precision, setup.device
+    for epoch in range(result.first_epoch, epochs + 1):
+        with meter.phase(ledger, f"{label}/train/epoch{epoch}", "train", epoch) as train_phase:
+            train_loss, train_acc1 = train_one_epoch(setup, data.train)
+        with meter.phase(ledger, f"{label}/val/epoch{epoch}", "val", epoch) as val_phase:
+            val = evaluate(setup.step_fn or model, data.val, setup.normalize, precision, device)
+        so_far = Ledger(ledger)
+        cumulative = so_far.energy("train", "val", "interrupted")
+        metrics = {
+            "train_loss": train_loss, "train_acc1": train_acc1, "val_loss": val["loss"], "val_acc1": val["acc1"],
+            "epoch_seconds": train_phase.seconds + val_phase.seconds,
+            "epoch_energy_kwh": train_phase.energy_kwh + val_phase.energy_kwh,
+            "epoch_train_energy_kwh": train_phase.energy_kwh, "epoch_val_energy_kwh": val_phase.energy_kwh,
+            "cumulative_energy_kwh": cumulative,
+        }
+        log_epoch(metrics, epoch)
+        result.history.append(metrics)
+        stop = control.after_epoch(EpochReport(epoch, val["acc1"], cumulative, so_far.seconds("train", "val", "interrupted")))
+        if checkpointer is not None:
+            _save(checkpointer, cfg, setup, epoch, ledger, result.history, control)
+        progress.epoch(epoch, metrics, cumulative)
+        if stop:
+            break

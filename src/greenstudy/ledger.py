@@ -1,0 +1,149 @@
+"""A run's energy ledger: named phases, each with CPU/GPU/RAM kWh, emissions, seconds and how it was
+measured, and the one place that turns a ledger into the run's energy metrics.
+
+Phase kinds:
+- `train`  — one training epoch (fine-tuning epochs of `pruned` too);
+- `val`    — the validation pass after an epoch;
+- `setup`  — one-time work: compile/warm-up, pruning, int8 calibration;
+- `test`   — the test-set evaluation;
+- `inference` — the fixed-time inference benchmark (reported per 1,000 images only, never in totals);
+- `interrupted` — a phase cut short by Ctrl-C/SIGTERM: spent, so counted, but no epoch finished.
+
+`energy_kwh` (= `own_energy_kwh`) is everything a run did to make and check its model: every phase but
+inference. A derived variant (pruned, quantized) also carries its *upstream* phases — the baseline's
+train, val, setup and interrupted phases it was made from — and `lifecycle_energy_kwh` = upstream + own.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+KINDS = ("train", "val", "setup", "test", "inference", "interrupted")
+MAKE_AND_CHECK = ("train", "val", "setup", "test", "interrupted")  # what energy_kwh sums
+UPSTREAM_KINDS = ("train", "val", "setup", "interrupted")  # what a derived model stands on
+COMPONENTS = ("cpu", "gpu", "ram")
+TOLERANCE_KWH = 1e-12
+
+
+class MissingEnergyReading(RuntimeError):
+    """A phase ended without an energy reading: never recorded as 0."""
+
+
+@dataclass
+class PhaseEnergy:
+    """Energy of one measured phase (kWh), its emissions (kg CO2eq), duration (s) and method."""
+
+    name: str
+    kind: str
+    epoch: int = 0
+    energy_kwh: float = 0.0
+    cpu_kwh: float = 0.0
+    gpu_kwh: float = 0.0
+    ram_kwh: float = 0.0
+    emissions_kg: float = 0.0
+    seconds: float = 0.0
+    started_at: float = 0.0
+    method: str = ""
+    gpu_nvml_kwh: float | None = None
+    upstream_run_id: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown phase kind {self.kind!r}: one of {', '.join(KINDS)}")
+
+
+@dataclass
+class Ledger:
+    """The phases of one run, in the order they were measured."""
+
+    phases: list[PhaseEnergy]
+
+    def of(self, *kinds: str) -> list[PhaseEnergy]:
+        return [phase for phase in self.phases if phase.kind in kinds]
+
+    def energy(self, *kinds: str) -> float:
+        return sum(phase.energy_kwh for phase in self.of(*kinds))
+
+    def component(self, component: str, *kinds: str) -> float:
+        return sum(getattr(phase, f"{component}_kwh") for phase in self.of(*kinds))
+
+    def emissions(self, *kinds: str) -> float:
+        return sum(phase.emissions_kg for phase in self.of(*kinds))
+
+    def seconds(self, *kinds: str) -> float:
+        return sum(phase.seconds for phase in self.of(*kinds))
+
+    def epoch_energy(self, epoch: int, kind: str) -> float:
+        return sum(p.energy_kwh for p in self.phases if p.kind == kind and p.epoch == epoch)
+
+    def as_upstream(self, run_id: str) -> Ledger:
+        """The phases a model derived from this run stands on, each naming `run_id`."""
+        return Ledger([replace(phase, upstream_run_id=run_id) for phase in self.of(*UPSTREAM_KINDS)])
+
+
+def check_phase(phase: PhaseEnergy) -> None:
+    """A phase's components must add up to its total (CodeCarbon: energy = cpu + gpu + ram)."""
+    parts = phase.cpu_kwh + phase.gpu_kwh + phase.ram_kwh
+    if abs(parts - phase.energy_kwh) > max(TOLERANCE_KWH, 1e-6 * phase.energy_kwh):
+        raise ValueError(f"phase {phase.name}: cpu+gpu+ram = {parts} kWh != total {phase.energy_kwh} kWh")
+
+
+def energy_metrics(own: Ledger, upstream: Ledger | None = None) -> dict[str, float]:
+    """Every energy figure a run logs, from its ledger (and the upstream ledger of a derived model)."""
+    for phase in own.phases:
+        check_phase(phase)
+    upstream = upstream or Ledger([])
+    own_kwh = own.energy(*MAKE_AND_CHECK)
+    upstream_kwh = upstream.energy(*UPSTREAM_KINDS)
+    metrics = {
+        "energy_kwh": own_kwh,
+        "own_energy_kwh": own_kwh,
+        "upstream_energy_kwh": upstream_kwh,
+        "lifecycle_energy_kwh": upstream_kwh + own_kwh,
+        "emissions_kg": own.emissions(*MAKE_AND_CHECK),
+        "lifecycle_emissions_kg": upstream.emissions(*UPSTREAM_KINDS) + own.emissions(*MAKE_AND_CHECK),
+        "train_seconds": own.seconds("train"),
+        "interrupted_energy_kwh": own.energy("interrupted"),
+    }
+    for component in COMPONENTS:
+        metrics[f"{component}_energy_kwh"] = own.component(component, *MAKE_AND_CHECK)
+    for kind in ("train", "val", "setup", "test"):
+        metrics[f"{kind}_energy_kwh"] = own.energy(kind)
+        for component in COMPONENTS:
+            metrics[f"{kind}_{component}_energy_kwh"] = own.component(component, kind)
+    metrics["train_emissions_kg"] = own.emissions("train")
+    nvml = [p.gpu_nvml_kwh for p in own.of(*MAKE_AND_CHECK) if p.gpu_nvml_kwh is not None]
+    if nvml:
+        metrics["gpu_energy_nvml_kwh"] = sum(nvml)
+    return metrics
+
+
+LEDGER_COLUMNS = tuple(f.name for f in fields(PhaseEnergy))
+
+
+def write_ledger_csv(path: str | Path, own: Ledger, upstream: Ledger | None = None) -> Path:
+    """Upstream rows first (each naming its run), then this run's own phases."""
+    path = Path(path)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(LEDGER_COLUMNS))
+        writer.writeheader()
+        for phase in [*(upstream.phases if upstream else []), *own.phases]:
+            writer.writerow(asdict(phase))
+    return path
+
+
+def read_ledger_csv(path: str | Path) -> tuple[Ledger, Ledger]:
+    """(own, upstream) ledgers from an `energy_ledger.csv`."""
+    own, upstream = [], []
+    with Path(path).open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            phase = PhaseEnergy(
+                name=row["name"], kind=row["kind"], epoch=int(row["epoch"]),
+                **{k: float(row[k]) for k in ("energy_kwh", "cpu_kwh", "gpu_kwh", "ram_kwh", "emissions_kg", "seconds", "started_at")},
+                method=row["method"], gpu_nvml_kwh=float(row["gpu_nvml_kwh"]) if row["gpu_nvml_kwh"] else None,
+                upstream_run_id=row["upstream_run_id"],
+            )
+            (upstream if phase.upstream_run_id else own).append(phase)
+    return Ledger(own), Ledger(upstream)

@@ -1,0 +1,79 @@
+"""`resume=<parent run id>`: what an interrupted `main` run already finished, and what goes on in place.
+
+Finished variants are not re-run (a derived variant's baseline is loaded back from its logged model and
+priced from its `energy_ledger.csv`); every other variant's child run is reopened with its run id and
+continues from its checkpoint's last finished epoch (from scratch when it has none)."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+
+import mlflow
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from greenstudy.config import RunConfig
+from greenstudy.errors import ConfigError
+from greenstudy.ledger import read_ledger_csv
+from greenstudy.record import Upstream
+
+
+@dataclass
+class ResumePlan:
+    """Per variant: a finished outcome to keep, or the run id to go on with."""
+
+    finished: dict[str, object] = field(default_factory=dict)  # variant -> run.ChildOutcome
+    unfinished: dict[str, str] = field(default_factory=dict)  # variant -> child run id
+    upstream: Upstream | None = None
+
+
+def _parent(client: MlflowClient, run_id: str, cfg: RunConfig) -> mlflow.entities.Run:
+    try:
+        parent = client.get_run(run_id)
+    except MlflowException as exc:
+        raise ConfigError(f"resume: no run {run_id!r} in the tracking store {mlflow.get_tracking_uri()}") from exc
+    tags, params = parent.data.tags, parent.data.params
+    if tags.get("kind") != "parent":
+        raise ConfigError(f"resume: run {run_id} is not the parent run of a `main` run (kind={tags.get('kind')!r})")
+    if params.get("model") != cfg.model or params.get("dataset") != cfg.dataset:
+        raise ConfigError(
+            f"resume: run {run_id} trained {params.get('model')} on {params.get('dataset')}, "
+            f"not {cfg.model} on {cfg.dataset}: pass the same parameters as the interrupted run"
+        )
+    return parent
+
+
+def _load_upstream(client: MlflowClient, run_id: str, device: torch.device) -> Upstream:
+    """The finished baseline: its model back from MLflow, its cost from its ledger artifact."""
+    model = mlflow.pytorch.load_model(f"runs:/{run_id}/model", map_location=device)
+    with tempfile.TemporaryDirectory() as tmp:
+        own, _ = read_ledger_csv(client.download_artifacts(run_id, "energy_ledger.csv", tmp))
+    return Upstream(model.to(device), run_id, own.as_upstream(run_id))
+
+
+def plan_resume(cfg: RunConfig, device: torch.device) -> ResumePlan:
+    """Read the interrupted parent's children and decide, per variant, what this sitting does."""
+    from greenstudy.run import ChildOutcome  # run.py imports this module
+
+    client = MlflowClient()
+    parent = _parent(client, cfg.resume, cfg)
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{cfg.resume}' and tags.kind = 'variant'",
+        order_by=["attributes.start_time ASC"],
+    )
+    plan = ResumePlan()
+    for child in children:
+        variant = child.data.tags.get("variant", "")
+        if child.info.status == "FINISHED":
+            plan.finished[variant] = ChildOutcome(variant, child.info.run_id, "FINISHED", dict(child.data.metrics))
+            plan.unfinished.pop(variant, None)
+        elif variant not in plan.finished and "skipped" not in child.data.tags:
+            plan.unfinished[variant] = child.info.run_id
+    baseline = plan.finished.get("baseline")
+    if baseline is not None and any(v in cfg.variants for v in ("pruned", "quantized")):
+        plan.upstream = _load_upstream(client, baseline.run_id, device)
+    if not plan.unfinished and set(cfg.variants) <= set(plan.finished):
+        raise ConfigError(f"resume: every variant of run {cfg.resume} already FINISHED: nothing to resume")
+    return plan
