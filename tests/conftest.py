@@ -68,6 +68,6 @@ PYTHON = sys.executable
 
 # Fast settings for a real end-to-end run on the tiny folder.
 TINY_ARGS = [
-    "--epochs", "1", "--batch-size", "64", "--val-size", "100", "--infer-batches", "2",
-    "--calib-batches", "2", "--download", "false", "--measure-power-secs", "1",
+    "--epochs", "1", "--batch-size", "64", "--val-size", "100", "--infer-seconds", "0.3",
+    "--calib-batches", "2", "--download", "false",
 ]
