@@ -14,7 +14,8 @@ from greenstudy.cli import one_line_parser, run_cli
 
 
 def _study_show(args: argparse.Namespace) -> int:
-    from greenstudy.study import default_storage_url, load_existing_study, study_summary_lines
+    from greenstudy.storage import default_storage_url, load_existing_study
+    from greenstudy.study_front import study_summary_lines
 
     storage = default_storage_url() if args.storage == "auto" else args.storage
     study = load_existing_study(storage, args.study_name)
@@ -25,7 +26,7 @@ def _study_show(args: argparse.Namespace) -> int:
 def _add_study(commands: argparse._SubParsersAction) -> None:
     study = commands.add_parser("study", help="inspect Optuna studies made by the `tune` entry point")
     actions = study.add_subparsers(dest="action", required=True, metavar="ACTION")
-    show = actions.add_parser("show", help="print a study's trial counts, hypervolume and Pareto front")
+    show = actions.add_parser("show", help="print a study's trials (pruned and failed with their reasons), energy, hypervolume and front")
     show.add_argument("--storage", default="auto", help="SQLAlchemy URL; auto: optuna.db next to the MLflow store")
     show.add_argument("--study-name", default=None, help="needed when the storage holds several studies")
     show.set_defaults(handler=_study_show)
