@@ -38,7 +38,7 @@ CHROMIUM_ARGS = [
 EXPERIMENT = "greenstudy-browser-test"
 SERVER_START_S = 90
 UI_TIMEOUT_MS = 90_000
-BREAKDOWN = {f"{phase}_{part}_energy_kwh": value for phase in ("train", "eval", "inference")
+BREAKDOWN = {f"{phase}_{part}_energy_kwh": value for phase in ("train", "val", "setup", "test")
              for part, value in (("cpu", 2e-5), ("gpu", 0.0), ("ram", 6e-5))}
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
@@ -60,7 +60,7 @@ def _log_runs(client: MlflowClient, experiment_id: str) -> dict[str, str]:
         parent = client.create_run(experiment_id, run_name=model, tags={"kind": "parent", "model": model}).info.run_id
         ids[model] = parent
         for v, variant in enumerate(("baseline", "amp")):
-            tags = {"mlflow.parentRunId": parent, "model": model, "variant": variant, "cpu_model": "Browser-test CPU",
+            tags = {"mlflow.parentRunId": parent, "kind": "variant", "model": model, "variant": variant, "cpu_model": "Browser-test CPU",
                     "gpu_model": "none", "device": "cpu", "energy_method": "logged-directly"}
             run_id = client.create_run(experiment_id, run_name=f"{model}-{variant}", tags=tags).info.run_id
             metrics = {"test_acc1": 31.25 + 7 * m - 1.5 * v, "energy_kwh": 0.0123456789 / (1 + m + v),
@@ -75,7 +75,7 @@ def _log_runs(client: MlflowClient, experiment_id: str) -> dict[str, str]:
             ids[f"{model}-{variant}"] = run_id
         client.set_terminated(parent, "FINISHED")
     failed = client.create_run(experiment_id, run_name="resnet18-pruned", tags={
-        "mlflow.parentRunId": ids["resnet18"], "model": "resnet18", "variant": "pruned", "error": "RuntimeError: boom"})
+        "mlflow.parentRunId": ids["resnet18"], "kind": "variant", "model": "resnet18", "variant": "pruned", "error": "RuntimeError: boom"})
     client.set_terminated(failed.info.run_id, "FAILED")
     ids["failed"] = failed.info.run_id
     return ids
