@@ -167,8 +167,9 @@ class EnergyMeter:
             self._sync()
             result.seconds = time.perf_counter() - began
             data = self._tracker.stop_task(name)
-            if data is None or data.energy_consumed is None:
-                raise MissingEnergyReading(f"phase {name}: CodeCarbon returned no energy reading")
+            if data is None or not data.energy_consumed or data.energy_consumed <= 0:
+                # CodeCarbon 3.3.2 reports a *zero delta* (logged, not raised) for a task it lost track of
+                raise MissingEnergyReading(f"phase {name}: CodeCarbon returned no energy reading ({'none' if data is None else '0 kWh'})")
             result.energy_kwh = float(data.energy_consumed)
             result.cpu_kwh = float(data.cpu_energy)
             result.gpu_kwh = float(data.gpu_energy)

@@ -5,6 +5,7 @@ energy-to-target / energy-budget control."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -82,7 +83,7 @@ def _save(checkpointer: Checkpointer, cfg: RunConfig, setup: TrainSetup, epoch: 
 def fit(
     cfg: RunConfig, data: CifarData, meter: EnergyMeter, model: nn.Module, precision: Precision, epochs: int, lr: float,
     label: str, ledger: list[PhaseEnergy], control: TrainingControl, checkpointer: Checkpointer | None,
-    resume: dict[str, object] | None = None,
+    resume: dict[str, object] | None = None, log: Callable[[dict[str, float], int], None] = log_epoch,
 ) -> FitResult:
     """Train `model` in place for `epochs` (fewer when `control` stops it), appending every phase to
     `ledger` and logging per-epoch metrics; `resume` is a loaded checkpoint to continue from."""
@@ -103,7 +104,7 @@ def fit(
             warm_up_compiled(setup, data)
     progress = EpochProgress(label, epochs, result.first_epoch)
     try:
-        _epochs(cfg, data, meter, setup, epochs, label, ledger, control, checkpointer, result, progress)
+        _epochs(cfg, data, meter, setup, epochs, label, ledger, control, checkpointer, result, progress, log)
     except KeyboardInterrupt:
         if checkpointer is not None and checkpointer.exists():  # the cut-short phase is spent energy too
             state = torch.load(checkpointer.path, map_location="cpu", weights_only=False)
@@ -115,7 +116,7 @@ def fit(
 
 def _epochs(cfg: RunConfig, data: CifarData, meter: EnergyMeter, setup: TrainSetup, epochs: int, label: str,
             ledger: list[PhaseEnergy], control: TrainingControl, checkpointer: Checkpointer | None, result: FitResult,
-            progress: EpochProgress) -> None:
+            progress: EpochProgress, log: Callable[[dict[str, float], int], None]) -> None:
     model, precision, device = setup.model, setup.precision, setup.device
     for epoch in range(result.first_epoch, epochs + 1):
         with meter.phase(ledger, f"{label}/train/epoch{epoch}", "train", epoch) as train_phase:
@@ -131,7 +132,7 @@ def _epochs(cfg: RunConfig, data: CifarData, meter: EnergyMeter, setup: TrainSet
             "epoch_train_energy_kwh": train_phase.energy_kwh, "epoch_val_energy_kwh": val_phase.energy_kwh,
             "cumulative_energy_kwh": cumulative,
         }
-        log_epoch(metrics, epoch)
+        log(metrics, epoch)
         result.history.append(metrics)
         stop = control.after_epoch(EpochReport(epoch, val["acc1"], cumulative, so_far.seconds("train", "val", "interrupted")))
         if checkpointer is not None:
