@@ -3,11 +3,15 @@ peak FLOP/s, and a line that says on what machine and under what load a figure w
 
 from __future__ import annotations
 
+import inspect
 import os
 import pickle
 import platform
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +21,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from greenstudy.data import SPECS, CifarData, load_cifar, locate_dataset, write_synthetic_cifar
+from greenstudy.energy import EnergyMeter
 from greenstudy.errors import DataError
+from greenstudy.models import build_model
+from greenstudy.precision import cpu_capability, describe
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_DATA_DIR = str(SHARED_DATA if SHARED_DATA.is_dir() else "data")
@@ -99,6 +106,91 @@ def usual_step(
     return loss.item()
 
 
+@dataclass
+class Result:
+    """What one configuration measured, summed over rounds."""
+
+    label: str
+    precision: str
+    images: int = 0
+    seconds: float = 0.0
+    energy_kwh: float = 0.0
+    warmup_seconds: float = 0.0
+    rounds: list[float] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+    @property
+    def wh_per_1k(self) -> float:
+        return self.energy_kwh * 1e6 / self.images if self.images else 0.0
+
+
+class UsualRecipe:
+    """The usual recipe, as plainly as a user writes it."""
+
+    label = "usual (PIL + DataLoader, fp32 eager)"
+    precision = "fp32"
+
+    def __init__(
+        self, model_name: str, folder: Path, batch_size: int, workers: int, device: torch.device, lr: float, label_smoothing: float,
+    ):
+        torch.manual_seed(0)
+        self.device = device
+        self.model = build_model(model_name, 100).to(device)
+        self.model.train()
+        self.optimizer = usual_optimizer(self.model, lr)
+        self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.loader = usual_loader(folder, batch_size, workers)
+        self.batches: Iterator = iter(self.loader)
+
+    def _next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            return next(self.batches)
+        except StopIteration:
+            self.batches = iter(self.loader)
+            return next(self.batches)
+
+    def run(self, steps: int) -> tuple[int, float]:
+        images = 0
+        started = time.perf_counter()
+        for _ in range(steps):
+            inputs, targets = self._next()
+            usual_step(self.model, self.optimizer, self.criterion, inputs, targets, self.device)
+            images += targets.shape[0]
+        synchronize(self.device)
+        return images, time.perf_counter() - started
+
+    def close(self) -> None:
+        del self.batches
+
+
+
+# ---------------------------------------------------------------------------------------------
+# CodeCarbon through greenstudy.energy, across its two APIs (EnergyMeter() + phase(name) before the
+# energy ledger; EnergyMeter(device) + phase(ledger, name, kind) with it)
+# ---------------------------------------------------------------------------------------------
+
+
+def open_meter(device: torch.device) -> EnergyMeter:
+    """A started EnergyMeter for `device` (CodeCarbon's ~1.6 s start happens here, outside any phase)."""
+    meter = EnergyMeter(device) if "device" in inspect.signature(EnergyMeter).parameters else EnergyMeter()
+    meter.start()
+    return meter
+
+
+@contextmanager
+def energy_phase(meter: EnergyMeter, name: str) -> Iterator[object]:
+    """One measured block; the yielded object's `energy_kwh` is filled in when the block ends."""
+    if "ledger" in inspect.signature(meter.phase).parameters:
+        with meter.phase([], name, "train") as phase:
+            yield phase
+    else:
+        with meter.phase(name) as phase:
+            yield phase
+
+
 # ---------------------------------------------------------------------------------------------
 # Machine facts
 # ---------------------------------------------------------------------------------------------
@@ -109,21 +201,35 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def peak_flops(device: torch.device, dtype: torch.dtype, size: int = 4096, repeats: int = 3) -> float:
-    """Best FLOP/s of a size x size matmul (2 n^3 FLOP) over `repeats` timed runs after one warm-up."""
+def peak_flops(device: torch.device, dtype: torch.dtype, size: int = 4096, repeats: int = 3, budget_s: float = 20.0) -> tuple[float, int]:
+    """Best FLOP/s of an n x n matmul (2 n^3 FLOP) over `repeats` timed runs after one warm-up, and the n used.
+
+    n is `size` unless that would take more than `budget_s` in all: a 256^2 probe estimates the speed
+    first (an emulated dtype, e.g. bf16 on an AVX2-only CPU, runs ~70x slower than fp32), then n halves
+    until the estimate fits."""
+    probe = 256
+    a = torch.randn(probe, probe, device=device).to(dtype)
+    torch.mm(a, a)
+    synchronize(device)
+    started = time.perf_counter()
+    torch.mm(a, a)
+    synchronize(device)
+    probe_rate = 2 * probe**3 / max(time.perf_counter() - started, 1e-9)
+    inner = 10 if device.type == "cuda" else 1
+    while size > probe and (repeats * inner + 1) * 2 * size**3 / probe_rate > budget_s:
+        size //= 2
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
     torch.mm(a, b)
     synchronize(device)
     best = float("inf")
-    inner = 10 if device.type == "cuda" else 1
     for _ in range(repeats):
         started = time.perf_counter()
         for _ in range(inner):
             torch.mm(a, b)
         synchronize(device)
         best = min(best, (time.perf_counter() - started) / inner)
-    return 2 * size**3 / best
+    return 2 * size**3 / best, size
 
 
 def load_average() -> str:
@@ -141,8 +247,22 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def hardware_line(device: torch.device) -> str:
+    """What every figure depends on: the CPU's capability as torch sees it (and its native bf16/fp16),
+    the GPU and its compute capability when used, the core count and the torch version."""
+    hw = describe(device)
+    native = ", ".join(f"{name} {'native' if ok else 'NOT native'}" for name, ok in (("bf16", hw.cpu_bf16), ("fp16", hw.cpu_fp16)))
+    gpu = ""
+    if device.type == "cuda" and hw.cuda_capability:
+        gpu = f"gpu {torch.cuda.get_device_name(device)} (sm_{hw.cuda_capability[0]}{hw.cuda_capability[1]}); "
+    return f"hardware: {gpu}cpu capability {hw.cpu_capability} ({native}); {cores()} cores; torch {torch.__version__}"
+
+
 def machine_line(device: torch.device) -> str:
     what = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"device: {device.type} ({what}); {cores} cores, torch {torch.__version__}, "
+    return (f"device: {device.type} ({what}, cpu capability {cpu_capability()}); {cores()} cores, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads; load average {load_average()}")

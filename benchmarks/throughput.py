@@ -1,15 +1,20 @@
 """Training throughput and energy: the usual PyTorch recipe against our pipeline, in one process.
 
-    .venv/bin/python benchmarks/throughput.py --model resnet18 [--steps 12 --warmup 2 --rounds 12]
+    .venv/bin/python benchmarks/throughput.py --model resnet18 [--steps 16 --warmup 2 --budget-min 8] [--amp-dtype bf16]
 
 Configurations, all on the same data and model architecture, measured after warm-up over the same
 number of steps, in alternating rounds (the order rotates each round) so machine noise hits all alike:
   usual  torchvision-style CIFAR-100 Dataset of PIL images + RandomCrop/Flip/ToTensor/Normalize +
          DataLoader(2 workers) + fp32 eager model + textbook SGD step with loss.item()
   ours   greenstudy.train.train_one_epoch on the whole split held as uint8 on the device, augmented
-         there; fp32 / bf16 autocast, channels_last or not, torch.compile where tried.
-Prints images/s, CodeCarbon energy per 1,000 training images, model FLOP utilisation against a
-matmul peak measured in the same run, and the lines `fp32/usual = X.XX` and `best/usual = X.XX`.
+         there; fp32 / mixed precision, channels_last or not, torch.compile where tried.
+Mixed precision is measured only where the hardware runs it natively (greenstudy.precision: bf16 on
+Ampere+ GPUs and on CPUs with AVX-512 BF16 / AMX, fp16 + GradScaler on older GPUs); elsewhere it is
+skipped with a line saying why, unless forced with --amp-dtype bf16|fp16 (emulated: slow). The
+measured steps are cut to fit --budget-min, from the step times seen in the warm-up.
+Prints the hardware (torch's CPU capability, cores, torch version) beside every table, images/s,
+CodeCarbon energy per 1,000 training images, model FLOP utilisation against a matmul peak measured in
+the same run, and the lines `fp32/usual = X.XX` and `best/usual = X.XX`.
 """
 
 from __future__ import annotations
@@ -18,8 +23,6 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("CODECARBON_LOG_LEVEL", "error")
@@ -31,29 +34,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from _common import (  # noqa: E402
     DEFAULT_DATA_DIR,
+    Result,
+    UsualRecipe,
+    energy_phase,
     find_data,
+    hardware_line,
     load_average,
     machine_line,
+    open_meter,
     peak_flops,
     synchronize,
-    usual_loader,
-    usual_optimizer,
-    usual_step,
 )
-from torch import nn  # noqa: E402
 
 from greenstudy.cli import one_line_parser, run_cli  # noqa: E402
 from greenstudy.config import MODELS  # noqa: E402
 from greenstudy.data import CifarData, Normalizer, Split  # noqa: E402
-from greenstudy.energy import EnergyMeter  # noqa: E402
 from greenstudy.errors import ConfigError  # noqa: E402
 from greenstudy.models import build_model, count_macs_params  # noqa: E402
+from greenstudy.precision import AMP_DTYPES, Precision, PrecisionChoice, choose_mixed_precision, describe  # noqa: E402
 from greenstudy.train import (  # noqa: E402
-    Precision,
     TrainSetup,
     make_optimizer,
     make_scheduler,
-    mixed_precision_for,
     resolve_device,
     set_cpu_threads,
     train_one_epoch,
@@ -61,64 +63,6 @@ from greenstudy.train import (  # noqa: E402
 
 LR = 0.05
 LABEL_SMOOTHING = 0.1
-
-
-@dataclass
-class Result:
-    """What one configuration measured, summed over rounds."""
-
-    label: str
-    precision: str
-    images: int = 0
-    seconds: float = 0.0
-    energy_kwh: float = 0.0
-    warmup_seconds: float = 0.0
-    rounds: list[float] = field(default_factory=list)
-
-    @property
-    def images_per_second(self) -> float:
-        return self.images / self.seconds if self.seconds else 0.0
-
-    @property
-    def wh_per_1k(self) -> float:
-        return self.energy_kwh * 1e6 / self.images if self.images else 0.0
-
-
-class UsualRecipe:
-    """The usual recipe, as plainly as a user writes it."""
-
-    label = "usual (PIL + DataLoader, fp32 eager)"
-    precision = "fp32"
-
-    def __init__(self, model_name: str, folder: Path, batch_size: int, workers: int, device: torch.device):
-        torch.manual_seed(0)
-        self.device = device
-        self.model = build_model(model_name, 100).to(device)
-        self.model.train()
-        self.optimizer = usual_optimizer(self.model, LR)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=LABEL_SMOOTHING)
-        self.loader = usual_loader(folder, batch_size, workers)
-        self.batches: Iterator = iter(self.loader)
-
-    def _next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        try:
-            return next(self.batches)
-        except StopIteration:
-            self.batches = iter(self.loader)
-            return next(self.batches)
-
-    def run(self, steps: int) -> tuple[int, float]:
-        images = 0
-        started = time.perf_counter()
-        for _ in range(steps):
-            inputs, targets = self._next()
-            usual_step(self.model, self.optimizer, self.criterion, inputs, targets, self.device)
-            images += targets.shape[0]
-        synchronize(self.device)
-        return images, time.perf_counter() - started
-
-    def close(self) -> None:
-        del self.batches
 
 
 class OurPipeline:
@@ -164,14 +108,21 @@ class OurPipeline:
         pass
 
 
-def candidates(device: torch.device, compile_mode: str) -> list[tuple[Precision, bool, bool]]:
+def mixed_choice(device: torch.device, amp_dtype: str) -> PrecisionChoice:
+    """The mixed precision to measure: the hardware's native one (auto), a forced one, or none (off)."""
+    if amp_dtype == "off":
+        return PrecisionChoice(None, "--amp-dtype off")
+    return choose_mixed_precision(describe(device), amp_dtype)
+
+
+def candidates(device: torch.device, compile_mode: str, mixed: Precision | None) -> list[tuple[Precision, bool, bool]]:
     """(precision, channels_last, compiled) for every configuration of ours to try; the first is
     our fp32 default (channels_last, compile as `auto` resolves it on this device)."""
     default_compile = device.type == "cuda"
     compiles = {"true": [True, False], "false": [False], "auto": [True, False] if default_compile else [False]}[compile_mode]
-    fp32, mixed = Precision(), mixed_precision_for(device)
+    fp32 = Precision()
     combos = [(fp32, True, default_compile and compile_mode != "false")]
-    for precision in (fp32, mixed):
+    for precision in [fp32] + ([mixed] if mixed is not None else []):
         for channels_last in (True, False):
             for compiled in compiles:
                 if (precision, channels_last, compiled) not in combos:
@@ -185,28 +136,33 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=12, help="measured steps per configuration (all rounds)")
+    parser.add_argument("--steps", type=int, default=16, help="measured steps per configuration (all rounds), at most")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured steps per configuration first")
     parser.add_argument("--rounds", type=int, default=0,
                         help="alternating rounds the steps are split into (default: 4 steps per round)")
+    parser.add_argument("--budget-min", type=float, default=8.0,
+                        help="wall-clock budget for the whole benchmark; measured steps are cut to fit it")
+    parser.add_argument("--amp-dtype", default="auto", help="mixed precision: auto (native only), bf16, fp16 (forced, "
+                        "even emulated), off")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the usual recipe")
     parser.add_argument("--settle-s", type=float, default=0.5,
                         help="untimed pause after each configuration's round (lets DataLoader prefetching finish)")
     parser.add_argument("--compile", default="auto", help="try torch.compile: auto (CUDA only), true, false")
     parser.add_argument("--only", default="", help="comma-separated labels to keep (e.g. 'fp32 (channels_last)')")
-    parser.add_argument("--peak-size", type=int, default=4096, help="matmul size for the peak FLOP/s")
-    parser.add_argument("--measure-power-secs", type=float, default=15.0)
+    parser.add_argument("--peak-size", type=int, default=4096, help="largest matmul size for the peak FLOP/s")
     args = parser.parse_args(argv)
     if args.model not in MODELS:
         raise ConfigError(f"unknown model {args.model!r}: choose one of {', '.join(MODELS)}")
     if args.compile not in ("auto", "true", "false"):
         raise ConfigError(f"--compile must be auto, true or false, got {args.compile!r}")
+    if args.amp_dtype not in (*AMP_DTYPES, "off"):
+        raise ConfigError(f"--amp-dtype must be one of {', '.join((*AMP_DTYPES, 'off'))}, got {args.amp_dtype!r}")
     args.rounds = args.rounds or max(1, args.steps // 4)
     for name in ("batch_size", "steps", "rounds", "peak_size"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.warmup < 0 or args.workers < 0:
-        raise ConfigError("--warmup and --workers must be 0 or more")
+    if args.warmup < 0 or args.workers < 0 or args.budget_min <= 0:
+        raise ConfigError("--warmup and --workers must be 0 or more, --budget-min above 0")
     if args.steps < args.rounds:
         raise ConfigError(f"--steps ({args.steps}) must be at least --rounds ({args.rounds})")
     return args
@@ -217,50 +173,45 @@ def round_steps(steps: int, rounds: int) -> list[int]:
     return [steps // rounds + (1 if r < steps % rounds else 0) for r in range(rounds)]
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse(sys.argv[1:] if argv is None else argv)
-    device = resolve_device(args.device)
-    threads_before = torch.get_num_threads()
-    if device.type == "cpu":
-        set_cpu_threads()
-    data, folder = find_data(args.data_dir)
-    if len(data.train) < args.batch_size * max(args.steps, args.warmup, 1):
-        print(f"note: {len(data.train)} training images; configurations reuse them across steps")
-    data = data.to(device)
-    print(f"greenstudy throughput benchmark: {args.model}, batch {args.batch_size}, {args.steps} measured steps "
-          f"per configuration in {args.rounds} alternating rounds after {args.warmup} warm-up steps")
-    kind = "SYNTHETIC (no real CIFAR-100 found)" if data.source.startswith("synthetic") else "real CIFAR-100"
-    print(f"data: {kind}, {data.source} ({len(data.train)} training images)")
-    print(machine_line(device) + f" (torch default was {threads_before})")
+def fit_budget(steps: int, rounds: int, step_seconds: float, pause_s: float, left_s: float) -> tuple[int, int]:
+    """The most measured steps (<= `steps`, >= 1) whose rounds fit `left_s`: each step of every configuration
+    costs `step_seconds` in all, each round `pause_s` of settling; rounds shrink with the steps."""
+    while steps > 1 and steps * step_seconds + min(rounds, steps) * pause_s > left_s:
+        steps -= 1
+    return steps, min(rounds, steps)
 
-    peaks = {"fp32": peak_flops(device, torch.float32, args.peak_size), "bf16": peak_flops(device, torch.bfloat16, args.peak_size)}
-    if device.type == "cuda":
-        peaks["fp16"] = peak_flops(device, torch.float16, args.peak_size)
 
-    total_steps = args.warmup + args.steps
-    runners: list[UsualRecipe | OurPipeline] = [UsualRecipe(args.model, folder, args.batch_size, args.workers, device)]
-    for precision, channels_last, compiled in candidates(device, args.compile):
-        runners.append(OurPipeline(args.model, data, args.batch_size, device, precision, channels_last, compiled, total_steps))
-    if args.only:
-        keep = [part.strip() for part in args.only.split(",") if part.strip()]
-        runners = [r for r in runners if r is runners[0] or r is runners[1] or any(k in r.label for k in keep)]
-    macs, _ = count_macs_params(build_model(args.model, 100).to(device))
-
-    results = {runner.label: Result(runner.label, runner.precision) for runner in runners}
-    for runner in runners:  # warm-up: first-call costs (worker start, allocator, compilation) stay out
-        started = time.perf_counter()
-        if args.warmup:
-            runner.run(args.warmup)
+def warm_up(runners: list, results: dict[str, Result], steps: int) -> float:
+    """Run `steps` unmeasured steps of each configuration, one at a time; returns the summed seconds of
+    one step of every configuration (each one's last warm-up step: first-call costs left out when steps > 1)."""
+    per_step = 0.0
+    for runner in runners:
+        print(f"  warming up {runner.label} ({steps} steps) ...", flush=True)
+        started, last = time.perf_counter(), 0.0
+        for _ in range(steps):
+            _, last = runner.run(1)
         results[runner.label].warmup_seconds = time.perf_counter() - started
-        print(f"  warmed up {runner.label}: {results[runner.label].warmup_seconds:.1f} s", flush=True)
+        per_step += last
+        print(f"  warmed up {runner.label}: {results[runner.label].warmup_seconds:.1f} s (last step {last:.2f} s)", flush=True)
+    return per_step
 
-    meter = EnergyMeter(measure_power_secs=args.measure_power_secs)
-    meter.start()  # CodeCarbon's ~1.6 s start stays out of the first phase
+
+def measure(args: argparse.Namespace, runners: list, results: dict[str, Result], deadline: float) -> str:
+    """The alternating rounds, each configuration in its own CodeCarbon phase; returns the energy method.
+    A round that would end past `deadline` (perf_counter time; judged by the last round) is not started."""
+    meter = open_meter(runners[0].device)  # CodeCarbon's ~1.6 s start stays out of the first phase
+    last_round = 0.0
     for index, steps in enumerate(round_steps(args.steps, args.rounds)):
+        if index and time.perf_counter() + last_round > deadline:
+            print(f"budget: the machine got slower; stopping after {index} of {args.rounds} rounds "
+                  f"(every configuration measured in each)", flush=True)
+            args.rounds = index
+            break
+        round_began = time.perf_counter()
         order = runners[index % len(runners):] + runners[: index % len(runners)]
         for runner in order:
             result = results[runner.label]
-            with meter.phase(f"{runner.label}/round{index}") as phase:
+            with energy_phase(meter, f"{runner.label}/round{index}") as phase:
                 images, seconds = runner.run(steps)
             result.images += images
             result.seconds += seconds
@@ -270,30 +221,94 @@ def main(argv: list[str] | None = None) -> int:
             # finish outside every timed window so that work does not land in the next configuration's
             # round (it is then free for the usual recipe: a bias in its favour, never against it).
             time.sleep(args.settle_s)
-        print(f"  round {index + 1}/{args.rounds} done (load {load_average()})", flush=True)
+        last_round = time.perf_counter() - round_began
+        speeds = ", ".join(f"{r.label} {results[r.label].rounds[-1]:.1f}" for r in runners)
+        print(f"  round {index + 1}/{args.rounds} ({steps} steps each), img/s: {speeds} (load {load_average()})", flush=True)
     energy_method = meter.energy_method()
     meter.stop()
+    return energy_method
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    began = time.perf_counter()
+    device = resolve_device(args.device)
+    threads_before = torch.get_num_threads()
+    if device.type == "cpu":
+        set_cpu_threads()
+    data, folder = find_data(args.data_dir)
+    data = data.to(device)
+    print(f"greenstudy throughput benchmark: {args.model}, batch {args.batch_size}, up to {args.steps} measured steps "
+          f"per configuration in {args.rounds} alternating rounds after {args.warmup} warm-up steps, "
+          f"budget {args.budget_min:g} min")
+    kind = "SYNTHETIC (no real CIFAR-100 found)" if data.source.startswith("synthetic") else "real CIFAR-100"
+    print(f"data: {kind}, {data.source} ({len(data.train)} training images)")
+    print(machine_line(device) + f" (torch default was {threads_before})")
+    hardware = hardware_line(device)
+    print(hardware)
+    choice = mixed_choice(device, args.amp_dtype)
+    native = mixed_choice(device, "auto").precision
+    if choice.runs:
+        print(f"mixed precision: {choice.precision.name} ({choice.reason})")
+        if choice.precision != native:
+            print(f"warning: {choice.precision.name} is not native here: emulated, expect it several times slower than fp32")
+    else:
+        print(f"skipped: mixed precision (bf16/fp16) not measured: {choice.reason.replace('amp_dtype=', '--amp-dtype ')}")
+
+    peaks, peak_sizes = {}, {}
+    for precision in [Precision()] + ([choice.precision] if choice.runs else []):
+        peaks[precision.name], peak_sizes[precision.name] = peak_flops(device, precision.dtype or torch.float32, args.peak_size)
+        print(f"  peak {precision.name}: {peaks[precision.name] / 1e9:.1f} GFLOP/s ({peak_sizes[precision.name]}^2 matmul)", flush=True)
+    peak_seconds = time.perf_counter() - began
+
+    runners: list[UsualRecipe | OurPipeline] = [UsualRecipe(args.model, folder, args.batch_size, args.workers, device, LR, LABEL_SMOOTHING)]
+    for precision, channels_last, compiled in candidates(device, args.compile, choice.precision):
+        runners.append(OurPipeline(args.model, data, args.batch_size, device, precision, channels_last, compiled,
+                                   args.warmup + args.steps))
+    if args.only:
+        keep = [part.strip() for part in args.only.split(",") if part.strip()]
+        runners = [r for r in runners if r is runners[0] or r is runners[1] or any(k in r.label for k in keep)]
+    macs, _ = count_macs_params(build_model(args.model, 100).to(device))
+
+    results = {runner.label: Result(runner.label, runner.precision) for runner in runners}
+    step_seconds = warm_up(runners, results, args.warmup)  # first-call costs (workers, allocator, compilation) stay out
+    deadline = began + args.budget_min * 60 - peak_seconds  # the peaks are measured again at the end
+    if step_seconds:
+        left = deadline - time.perf_counter()
+        steps, rounds = fit_budget(args.steps, args.rounds, step_seconds, args.settle_s * len(runners), left)
+        if steps < args.steps:
+            print(f"budget: {args.steps} steps per configuration would take ~{args.steps * step_seconds / 60:.1f} min; "
+                  f"measuring {steps} in {rounds} rounds to stay within {args.budget_min:g} min")
+        args.steps, args.rounds = steps, rounds
+    print(f"measuring {args.steps} steps per configuration in {args.rounds} alternating rounds "
+          f"(~{args.steps * step_seconds / 60:.1f} min)", flush=True)
+    energy_method = measure(args, runners, results, deadline)
     for runner in runners:
         runner.close()
-    peaks["fp32"] = max(peaks["fp32"], peak_flops(device, torch.float32, args.peak_size))
-    peaks["bf16"] = max(peaks["bf16"], peak_flops(device, torch.bfloat16, args.peak_size))
+    for name in peaks:
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+        peaks[name] = max(peaks[name], peak_flops(device, dtype, peak_sizes[name])[0])
 
-    print_report(args, results, runners, macs, peaks, energy_method)
+    print_report(args, results, runners, macs, peaks, peak_sizes, energy_method, hardware, choice)
+    print(f"total time: {(time.perf_counter() - began) / 60:.1f} min")
     return 0
 
 
 def print_report(
     args: argparse.Namespace, results: dict[str, Result], runners: list, macs: int, peaks: dict[str, float],
-    energy_method: str,
+    peak_sizes: dict[str, int], energy_method: str, hardware: str, choice: PrecisionChoice,
 ) -> None:
     usual, fp32 = results[runners[0].label], results[runners[1].label]
     ours = [results[r.label] for r in runners[1:]]
     best = max(ours, key=lambda r: r.images_per_second)
     flop_per_image = 3 * 2 * macs
     print()
-    print(f"peak ({args.peak_size}^2 matmul): " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items()))
+    print(hardware)
+    print("peak (n^2 matmul): " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s (n={peak_sizes[k]})" for k, v in peaks.items()))
     print(f"forward MACs per image: {macs / 1e6:.1f} M -> {flop_per_image / 1e9:.2f} GFLOP per training image (3 x 2 x MACs)")
     print(f"energy: CodeCarbon ({energy_method})")
+    if not choice.runs:
+        print(f"skipped: mixed precision ({choice.reason.replace('amp_dtype=', '--amp-dtype ')})")
     print()
     header = f"{'configuration':<40} {'img/s':>8} {'per round':>20} {'Wh/1k img':>10} {'speed':>6} {'energy':>7} {'MFU':>6}"
     print(header)
@@ -307,6 +322,7 @@ def print_report(
               f"{speed:>6.2f} {energy:>7.2f} {100 * mfu:>5.1f}%")
     print("(speed and energy relative to the usual recipe; MFU = achieved training FLOP/s over the matmul peak of its precision)")
     print()
+    print(hardware)
     print(f"fp32 = {fp32.label}")
     print(f"best = {best.label}")
     print(f"fp32/usual = {fp32.images_per_second / usual.images_per_second:.2f}")

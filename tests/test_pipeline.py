@@ -160,31 +160,6 @@ def test_training_steps_do_not_read_back_to_the_host(tiny_data_dir: Path) -> Non
     assert recorder.reads == Counter({"item": 2})
 
 
-def test_throughput_benchmark_prints_the_ratio_lines(tiny_data_dir: Path) -> None:
-    """A tiny real run of benchmarks/throughput.py on the synthetic folder."""
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--model", "efficientnet_b0",
-         "--data-dir", str(tiny_data_dir), "--batch-size", "16", "--steps", "2", "--rounds", "2",
-         "--warmup", "1", "--workers", "0", "--peak-size", "256", "--only", "bf16 (channels_last)"],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    lines = done.stdout.splitlines()
-    assert any(line.startswith("data: SYNTHETIC") for line in lines)
-    ratios = {line.split(" = ")[0]: float(line.split(" = ")[1]) for line in lines if line.startswith(("fp32/usual", "best/usual"))}
-    assert set(ratios) == {"fp32/usual", "best/usual"} and all(r > 0 for r in ratios.values())
-    assert ratios["best/usual"] >= ratios["fp32/usual"]
-    rows = [line for line in lines if line.startswith(("usual (", "ours "))]
-    assert len(rows) == 3, rows
-
-
-def test_throughput_benchmark_rejects_bad_input() -> None:
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--model", "vgg"],
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2
-    assert done.stderr.strip().startswith("error: unknown model 'vgg'")
-
-
 def test_overhead_benchmark_tracks_real_runs_and_prints_the_overhead(tiny_data_dir: Path) -> None:
     """A tiny real run of benchmarks/overhead.py: its tracked trainings land FINISHED in a real store."""
     done = subprocess.run(

@@ -1,0 +1,102 @@
+"""benchmarks/throughput.py measures only the precisions the hardware runs natively, says what it skipped and
+why, fits its measured steps to a time budget, and prints the hardware beside its figures."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from greenstudy.precision import Hardware, choose_mixed_precision, cpu_capability, describe
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import throughput  # noqa: E402
+
+TINY = ["--model", "efficientnet_b0", "--batch-size", "8", "--warmup", "1", "--workers", "0", "--peak-size", "256",
+        "--settle-s", "0"]
+
+
+def _run(capsys: pytest.CaptureFixture[str], data_dir: Path, *extra: str) -> list[str]:
+    threads = torch.get_num_threads()
+    try:
+        assert throughput.main([*TINY, "--data-dir", str(data_dir), *extra]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return capsys.readouterr().out.splitlines()
+
+
+def _rows(lines: list[str]) -> list[str]:
+    return [line for line in lines if line.startswith(("usual (", "ours "))]
+
+
+def _ratios(lines: list[str]) -> dict[str, float]:
+    return {line.split(" = ")[0]: float(line.split(" = ")[1]) for line in lines if line.startswith(("fp32/usual", "best/usual"))}
+
+
+def test_an_avx2_cpu_skips_mixed_precision_says_why_and_fits_the_budget(
+    tiny_data_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As on an AVX2-only CPU: no bf16/fp16 row, no bf16 peak, one `skipped:` line with the reason and the flag
+    that forces it; a budget far below the asked steps cuts them to one step in one round."""
+    monkeypatch.setattr(throughput, "describe", lambda device: Hardware("cpu", "AVX2"))
+    lines = _run(capsys, tiny_data_dir, "--steps", "6", "--rounds", "2", "--budget-min", "0.001", "--only", "(channels_last)")
+    skipped = [line for line in lines if line.startswith("skipped:")]
+    assert skipped and all("AVX2" in line and "--amp-dtype bf16" in line for line in skipped), skipped
+    rows = _rows(lines)
+    assert [row.split("  ")[0] for row in rows] == ["usual (PIL + DataLoader, fp32 eager)", "ours fp32 (channels_last)"]
+    assert not any(line.startswith("  peak bf16") for line in lines)
+    assert any(line.startswith("budget: 6 steps per configuration") for line in lines)
+    assert "measuring 1 steps per configuration in 1 alternating rounds" in " ".join(lines)
+    assert len([line for line in lines if line.startswith("  round ")]) == 1
+    assert set(_ratios(lines)) == {"fp32/usual", "best/usual"} and all(r > 0 for r in _ratios(lines).values())
+
+
+def test_this_machine_measures_its_native_precision_beside_its_capability(
+    tiny_data_dir: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Real hardware: a mixed-precision row exactly when greenstudy.precision says it is native; the hardware line
+    (torch's CPU capability, core count, torch version) stands above the table and above the ratio lines."""
+    lines = _run(capsys, tiny_data_dir, "--steps", "2", "--rounds", "2", "--only", "(channels_last)")
+    native = choose_mixed_precision(describe(torch.device("cpu")))
+    mixed_rows = [row for row in _rows(lines) if row.startswith(("ours bf16", "ours fp16"))]
+    if native.runs:
+        assert [row.split("  ")[0] for row in mixed_rows] == [f"ours {native.precision.name} (channels_last)"]
+        assert not any(line.startswith("skipped:") for line in lines)
+    else:
+        assert mixed_rows == [] and any(line.startswith("skipped:") for line in lines)
+    hardware = [i for i, line in enumerate(lines) if line.startswith("hardware: ")]
+    assert len(hardware) == 3
+    assert all(f"cpu capability {cpu_capability()}" in lines[i] and f"torch {torch.__version__}" in lines[i]
+               and " cores" in lines[i] for i in hardware)
+    table = lines.index(next(line for line in lines if line.startswith("configuration ")))
+    ratio = lines.index(next(line for line in lines if line.startswith("fp32/usual")))
+    assert hardware[1] < table and table < hardware[2] < ratio
+    assert len(_rows(lines)) == 2 + len(mixed_rows)
+    assert _ratios(lines)["best/usual"] >= _ratios(lines)["fp32/usual"] > 0
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--model", "vgg"], "unknown model 'vgg': choose one of"),
+    (["--amp-dtype", "fp8"], "--amp-dtype must be one of auto, bf16, fp16, off, got 'fp8'"),
+    (["--budget-min", "0"], "--warmup and --workers must be 0 or more, --budget-min above 0"),
+])
+def test_throughput_bad_input_is_one_error_line_and_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        assert throughput.run_cli(lambda: throughput.main(argv)) == 2
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {message}"), err
+
+
+def test_fit_budget_cuts_steps_and_rounds_to_the_time_left() -> None:
+    assert throughput.fit_budget(16, 4, step_seconds=1.0, pause_s=0.0, left_s=100.0) == (16, 4)
+    assert throughput.fit_budget(16, 4, step_seconds=10.0, pause_s=0.0, left_s=100.0) == (10, 4)
+    assert throughput.fit_budget(16, 4, step_seconds=10.0, pause_s=5.0, left_s=100.0) == (8, 4)
+    assert throughput.fit_budget(16, 4, step_seconds=60.0, pause_s=0.0, left_s=100.0) == (1, 1)
