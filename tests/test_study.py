@@ -280,26 +280,30 @@ def test_energy_aware_stop_prunes_and_the_grid_measures_each_batch_size_once(
 
 def test_unreachable_target_prunes_not_fails_and_is_not_retrained(tiny_data_dir: Path, tracking_uri: str, tmp_path: Path) -> None:
     config = tiny_config(tiny_data_dir, tmp_path, run={"target_acc1": 99.0}, objective="to_target", sampler="random",
-                         lr_scaling="linear", max_batch_size=16, n_trials=2)  # one configuration, proposed twice
+                         lr_scaling="linear", max_batch_size=16, n_trials=3)  # a space of one configuration
     outcome = run_study(config)
-    trials = optuna.load_study(study_name="s", storage=config.storage).get_trials()
-    assert [t.state for t in trials] == [TrialState.PRUNED, TrialState.PRUNED]
-    missed, repeat = trials
-    assert missed.user_attrs["pruned"] == TARGET_NOT_REACHED and "< target 99 %" in missed.user_attrs["prune_reason"]
-    assert repeat.user_attrs["reused_from"] == 0 and repeat.user_attrs["energy_kwh"] == 0.0
-    assert "mlflow_run_id" not in repeat.user_attrs
+    study = optuna.load_study(study_name="s", storage=config.storage)
+    [missed] = study.get_trials()  # tried once, then the study stops: nothing left to try
+    assert outcome.trial_numbers == [0]
+    assert missed.state == TrialState.PRUNED and missed.user_attrs["pruned"] == TARGET_NOT_REACHED
+    assert "< target 99 %" in missed.user_attrs["prune_reason"]
 
     client = MlflowClient(tracking_uri)
-    children = children_of(client, outcome.parent_run_id)
-    assert [c.info.run_id for c in children] == [missed.user_attrs["mlflow_run_id"]]  # the repeat trained nothing
-    child = children[0]
+    [child] = children_of(client, outcome.parent_run_id)
+    assert child.info.run_id == missed.user_attrs["mlflow_run_id"]
     assert child.info.status == "FINISHED" and child.data.tags["optuna_state"] == "PRUNED"
     assert child.data.metrics["target_reached"] == 0 and "energy_to_target_kwh" not in child.data.metrics
     assert_lean(client, child)
-    parent = client.get_run(outcome.parent_run_id).data.metrics
-    assert parent["trials_pruned"] == 2 and parent["trials_failed"] == 0 and parent["trials_reused"] == 1
-    assert parent["study_energy_kwh"] == pytest.approx(child.data.metrics["energy_kwh"])
-    assert "hypervolume" not in parent  # nothing reached the target: no front
+    parent = client.get_run(outcome.parent_run_id).data
+    assert parent.metrics["trials_pruned"] == 1 and parent.metrics["trials_failed"] == 0
+    assert parent.metrics["study_energy_kwh"] == pytest.approx(child.data.metrics["energy_kwh"])
+    assert "hypervolume" not in parent.metrics  # nothing reached the target: no front
+    assert parent.tags["objective"] == "to_target"
+
+    study.enqueue_trial({"batch_size": 16})  # a resume proposing it again trains nothing
+    again = run_study(config)
+    assert again.trial_numbers == [] and len(study.get_trials()) == 2
+    assert children_of(client, again.parent_run_id) == []
 
 
 # ---------------------------------------------------------------- the entry script

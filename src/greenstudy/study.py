@@ -27,6 +27,7 @@ What a trial can end as:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -70,8 +71,11 @@ def make_sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def grid_left(study: optuna.Study, config: StudyConfig) -> list[int]:
-    """Batch sizes no finished trial has measured yet."""
+def untried(study: optuna.Study, config: StudyConfig) -> list[int] | None:
+    """In a finite space (lr by a scaling rule, not tuned): the batch sizes no finished trial has tried
+    yet; once none is left the study stops instead of proposing repeats. None for a continuous space."""
+    if config.lr_scaling == "tuned":
+        return None
     done = {t.params.get("batch_size") for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
     return [b for b in config.batch_choices if b not in done]
 
@@ -106,7 +110,7 @@ class Trainer:
     """What every trial shares: config, data, device, meter, tags and this session's record."""
 
     config: StudyConfig
-    bench_args: tuple
+    bench: object  # greenstudy.variants.Bench of the reference config; each trial replaces its cfg
     tags: dict[str, str]
     client: object
     session: list[FrozenTrial]
@@ -143,12 +147,10 @@ class Trainer:
 
     def train(self, trial: optuna.Trial, batch_size: int, lr: float) -> tuple[float, ...]:
         from greenstudy.run import run_variant
-        from greenstudy.variants import Bench
 
         config = self.config
-        trial_cfg = config.run.replace(batch_size=batch_size, lr=lr)
         control = self.control(trial)
-        bench = Bench(trial_cfg, *self.bench_args)
+        bench = dataclasses.replace(self.bench, cfg=config.run.replace(batch_size=batch_size, lr=lr))
         tags = {**self.tags, "kind": "trial", "trial_number": str(trial.number)}
         child = run_variant(bench, config.variant, tags, control=control, lean=not config.trial_artifacts)
         trial.set_user_attr("mlflow_run_id", child.run_id)
@@ -201,11 +203,13 @@ def reuse(trial: optuna.Trial, measured: FrozenTrial) -> tuple[float, ...]:
 
 
 def child_energy_kwh(child: object, client: object) -> float:
-    """What the child measured (its `energy_kwh`), read back from MLflow when the outcome lacks it (a failed run)."""
+    """What the child measured: its `energy_kwh`; for a failed run (which logs no final metrics) the
+    `cumulative_energy_kwh` of its last finished epoch as logged, 0 when it failed in its first epoch."""
     if "energy_kwh" in child.metrics:
         return float(child.metrics["energy_kwh"])
     if child.run_id:
-        return float(client.get_run(child.run_id).data.metrics.get("energy_kwh", 0.0))
+        logged = client.get_run(child.run_id).data.metrics
+        return float(logged.get("energy_kwh", logged.get("cumulative_energy_kwh", 0.0)))
     return 0.0
 
 
@@ -225,8 +229,7 @@ def run_study(config: StudyConfig) -> StudyOutcome:
 
     import mlflow
 
-    from greenstudy.energy import EnergyMeter
-    from greenstudy.run import base_tags, prepare
+    from greenstudy.run import make_bench, prepare
 
     device, cpu_data = prepare(config.run)
     config, variant_choice = resolve_variant(config, device)
@@ -244,16 +247,15 @@ def run_study(config: StudyConfig) -> StudyOutcome:
     study.set_user_attr("objective", config.objective)
     study.set_user_attr("objective_definition", OBJECTIVE_TEXT[config.objective])
 
-    data = cpu_data.to(device)
-    meter = EnergyMeter(device, cfg.country_iso_code, cfg.cpu_power_w, cfg.ram_power_w)
-    tags = {**base_tags(cfg, data, device, meter), "optuna_study": config.study_name, "variant_choice": variant_choice}
+    bench, tags = make_bench(cfg, device, cpu_data)
+    tags = {**tags, "optuna_study": config.study_name, "variant_choice": variant_choice}
     session: list[FrozenTrial] = []
-    trainer = Trainer(config, (data, cpu_data, device, meter), tags, mlflow.MlflowClient(), session)
+    trainer = Trainer(config, bench, tags, mlflow.MlflowClient(), session)
     if not os.environ.get("MLFLOW_RUN_ID"):
         # Two workers creating the experiment at the same moment: MLflow 3.17's set_experiment returns
         # without activating it for the loser of the race; the call in run_scope then finds it.
         mlflow.set_experiment(cfg.experiment_name)
-    return _run_parent(config, study, trainer, masked_url(storage_url), sampler_seed, meter)
+    return _run_parent(config, study, trainer, masked_url(storage_url), sampler_seed, bench.meter)
 
 
 def check_reference(study: optuna.Study, config: StudyConfig) -> None:
@@ -269,7 +271,6 @@ def _run_parent(config: StudyConfig, study: optuna.Study, trainer: Trainer, show
                 meter: object) -> StudyOutcome:
     import mlflow
 
-    from greenstudy.energy import machine_lock
     from greenstudy.progress import say
     from greenstudy.tracking import run_scope
 
@@ -280,10 +281,13 @@ def _run_parent(config: StudyConfig, study: optuna.Study, trainer: Trainer, show
     def remember(study: optuna.Study, trial: FrozenTrial) -> None:
         session.append(trial)
         say(progress_line(trial, len(session), config.n_trials, study.directions))
+        if untried(study, config) == []:
+            say(f"every batch size of {config.batch_choices} has been tried: the study stops here")
+            study.stop()
 
     parent_tags = {**trainer.tags, "kind": "study", "optuna_storage": shown_storage, "optuna_sampler": config.sampler,
                    "sampler_seed": str(sampler_seed), "objective": config.objective}
-    left = grid_left(study, config) if config.sampler == "grid" else None
+    left = untried(study, config)
     with run_scope(f"study-{config.study_name}", cfg.experiment_name, tags=parent_tags) as parent:
         existing = mlflow.get_run(parent.info.run_id).data.params
         mlflow.log_params({k: v for k, v in study_params(config, shown_storage, sampler_seed).items() if k not in existing})
@@ -291,11 +295,10 @@ def _run_parent(config: StudyConfig, study: optuna.Study, trainer: Trainer, show
             f"sampler={config.sampler} (seed {sampler_seed}), {trainer.tags['variant_choice']}")
         try:
             if left == []:
-                say(f"grid exhausted: every batch size of {config.batch_choices} was measured; no new trial")
-            else:
-                with machine_lock(f"tune {config.study_name}"):
-                    study.optimize(trainer, n_trials=config.n_trials, timeout=config.timeout_s, catch=(TrialFailed,),
-                                   callbacks=[remember, front_logger])
+                say(f"every batch size of {config.batch_choices} has been tried already: no new trial")
+            else:  # each trial holds the machine's measurement lock while it trains (greenstudy.energy)
+                study.optimize(trainer, n_trials=config.n_trials, timeout=config.timeout_s, catch=(TrialFailed,),
+                               callbacks=[remember, front_logger])
         finally:
             front_logger(study)  # again at the end: other workers may have finished trials meanwhile
             meter.stop()
