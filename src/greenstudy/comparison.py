@@ -204,9 +204,10 @@ def grouped(points: Sequence[RunPoint]) -> dict[tuple[str, str, tuple], list[Run
 
 
 def varying_config(points: Sequence[RunPoint]) -> list[str]:
-    """The config names whose values differ between the runs (shown in the `config` column)."""
-    names = [n for key in {config_key(p) for p in points} for n, _ in key]
-    return [n for n in dict.fromkeys(names) if len({dict(config_key(p)).get(n) for p in points}) > 1]
+    """The config names with different values in two runs that both log them (the `config` column)."""
+    configs = [dict(config_key(p)) for p in points]
+    names = dict.fromkeys(n for config in configs for n in config)
+    return [n for n in names if len({config[n] for config in configs if n in config}) > 1]
 
 
 def comparison_rows(points: Sequence[RunPoint], aggregate: str = "latest") -> list[dict[str, object]]:
