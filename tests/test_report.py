@@ -344,3 +344,18 @@ def test_readme_sequence_main_then_report(tiny_data_dir: Path, tracking_uri: str
     assert {(r["variant"], r["run_id"]) for r in rows} == set(children.items()) and set(children) == {"baseline", "quantized"}
     quantized = next(r for r in rows if r["variant"] == "quantized")
     assert quantized["energy_basis"] == "lifecycle" and float(quantized["upstream_energy_kwh"]) > 0
+
+
+def test_mlproject_report_section_matches_the_parser() -> None:
+    """Every `report` parameter reaches the script, with the parser's own default."""
+    import yaml
+
+    from greenstudy.report import report_parser
+
+    section = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]["report"]
+    defaults = {a.dest: a.default for a in report_parser()._actions if a.dest != "help"}
+    assert set(section["parameters"]) == set(defaults)
+    for name, spec in section["parameters"].items():
+        assert f"--{name.replace('_', '-')} {{{name}}}" in section["command"], name
+        parsed = getattr(report_parser().parse_args([f"--{name.replace('_', '-')}", str(spec["default"])]), name)
+        assert parsed == defaults[name], name

@@ -15,6 +15,7 @@ run is created. The pure logic is greenstudy.comparison, the pictures greenstudy
 
 from __future__ import annotations
 
+import argparse
 import csv
 import os
 import tempfile
@@ -28,6 +29,7 @@ from mlflow.entities import Experiment, Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from greenstudy.cli import one_line_parser
 from greenstudy.comparison import (
     AGGREGATES,
     ROW_COLUMNS,
@@ -40,6 +42,7 @@ from greenstudy.comparison import (
     cumulative_curve,
     phase_breakdown,
 )
+from greenstudy.config import parse_bool
 from greenstudy.errors import ConfigError
 from greenstudy.plots import (
     model_colours,
@@ -294,3 +297,19 @@ def report_for_experiment(
     """Build the report and return (report run id, path or URI of its report.html)."""
     result = build_report(experiment_name, parent_run_ids, filter_string, aggregate)
     return result.run_id, result.report_location
+
+
+def report_parser() -> argparse.ArgumentParser:
+    """The `report` entry point's parser (MLproject's `report` section is checked against it)."""
+    parser = one_line_parser("Compare the variant runs of the `main` entry point: table, plots, report.html.")
+    add = parser.add_argument
+    add("--experiment", default=DEFAULT_EXPERIMENT, help="experiment to read; empty = where the runs are (the launching "
+        "run's experiment under `mlflow run`, else every experiment holding greenstudy runs)")
+    add("--parent-run-ids", default="none", help="comma-separated parent run ids (default: all)")
+    add("--filter", default="", help="MLflow search filter, e.g. \"tags.model = 'resnet18'\"")
+    add("--aggregate", default="latest", choices=AGGREGATES,
+        help="one table row per (model, variant, config): the latest run or the mean over its runs")
+    add("--include-trials", type=parse_bool, default=False, help="also compare Optuna trials (kind=trial)")
+    add("--register", type=parse_bool, default=False, help="register each model's front in the Model Registry")
+    add("--within-points", type=float, default=1.0, help="accuracy points for the accurate-within-<N>pt alias")
+    return parser
