@@ -15,11 +15,16 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from greenstudy.ledger import MAKE_AND_CHECK, read_ledger_csv
 from greenstudy.tracking import CONTRACT_PARAMS, CONTRACT_TAGS, EPOCH_METRICS, FINAL_METRICS
 from tests.conftest import PYTHON, ROOT, TINY_ARGS, entry_env
 
 sys.path.insert(0, str(ROOT / "mlproject"))
 import main as entry  # noqa: E402
+
+from greenstudy.precision import choose_mixed_precision, describe  # noqa: E402
+
+AMP_NATIVE = choose_mixed_precision(describe(torch.device("cpu"))).runs
 
 
 def _runs(client: MlflowClient, experiment: str) -> list[mlflow.entities.Run]:
@@ -33,13 +38,14 @@ def _children(client: MlflowClient, parent_id: str, experiment_id: str) -> dict[
 
 
 def assert_contract(client: MlflowClient, run: mlflow.entities.Run) -> None:
-    """Every name of the run contract is there, with sane values."""
+    """Every name of the run contract is there, with sane values, and the energy figures add up."""
     assert run.info.status == "FINISHED", run.data.tags.get("error")
     for name in CONTRACT_PARAMS:
         assert name in run.data.params, name
     for name in CONTRACT_TAGS:
         assert run.data.tags.get(name), name
-    for name in FINAL_METRICS + EPOCH_METRICS:
+    trains = run.data.tags["variant"] != "quantized"
+    for name in FINAL_METRICS + (EPOCH_METRICS if trains else ()):
         assert name in run.data.metrics, name
     metrics = run.data.metrics
     assert metrics["energy_kwh"] > 0
@@ -47,24 +53,41 @@ def assert_contract(client: MlflowClient, run: mlflow.entities.Run) -> None:
     assert metrics["energy_kwh"] == pytest.approx(
         metrics["cpu_energy_kwh"] + metrics["gpu_energy_kwh"] + metrics["ram_energy_kwh"], rel=1e-6
     )
-    for name in ("test_acc1", "test_acc5", "train_acc1", "val_acc1"):
+    for name in ("test_acc1", "test_acc5") + (("train_acc1", "val_acc1") if trains else ()):
         assert 0 <= metrics[name] <= 100, name
     assert metrics["test_acc5"] >= metrics["test_acc1"]
     assert metrics["infer_images_per_second"] > 0
     assert metrics["model_size_mb"] > 0
-    history = client.get_metric_history(run.info.run_id, "val_acc1")
-    assert [point.step for point in history] == list(range(1, len(history) + 1))
-    artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
-    assert {"config.json", "codecarbon_phases.csv"} <= artifacts
     assert run.data.tags["energy_method"].startswith("cpu=")
+    artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
+    assert {"config.json", "energy_ledger.csv"} <= artifacts
+    assert_ledger_adds_up(client, run)
+
+
+def assert_ledger_adds_up(client: MlflowClient, run: mlflow.entities.Run) -> None:
+    """Read back through MlflowClient: epoch energies sum to train/val energy, the ledger's own phases
+    (inference aside) sum to energy_kwh, upstream rows to upstream_energy_kwh, lifecycle = upstream + own."""
+    metrics, run_id = run.data.metrics, run.info.run_id
+    for epoch_name, total in (("epoch_train_energy_kwh", "train_energy_kwh"), ("epoch_val_energy_kwh", "val_energy_kwh")):
+        history = client.get_metric_history(run_id, epoch_name)
+        assert sum(point.value for point in history) == pytest.approx(metrics[total], rel=1e-6, abs=1e-15), epoch_name
+    steps = [point.step for point in client.get_metric_history(run_id, "val_acc1")]
+    assert steps == list(range(1, len(steps) + 1))
+    own, upstream = read_ledger_csv(client.download_artifacts(run_id, "energy_ledger.csv"))
+    assert metrics["energy_kwh"] == pytest.approx(own.energy(*MAKE_AND_CHECK), rel=1e-6)
+    assert own.of("inference"), "an inference phase is measured (and kept out of the totals)"
+    assert metrics["upstream_energy_kwh"] == pytest.approx(upstream.energy("train", "val", "setup", "interrupted"), rel=1e-6, abs=1e-15)
+    assert metrics["lifecycle_energy_kwh"] == pytest.approx(metrics["upstream_energy_kwh"] + metrics["own_energy_kwh"], rel=1e-9)
+    assert metrics["own_energy_kwh"] == metrics["energy_kwh"]
+    derived = run.data.tags.get("derived_from")
+    assert {phase.upstream_run_id for phase in upstream.phases} == ({derived} if derived else set())
 
 
 def test_mlflow_run_end_to_end(tiny_data_dir: Path, tracking_uri: str) -> None:
     """`mlflow run . --env-manager local` on a tiny folder: a parent and a baseline child with the contract."""
     mlflow_bin = shutil.which("mlflow", path=str(Path(PYTHON).parent)) or "mlflow"
     params = {"model": "resnet18", "variants": "baseline", "data_dir": str(tiny_data_dir), "epochs": "2",
-              "batch_size": "64", "val_size": "100", "infer_batches": "2", "download": "false",
-              "measure_power_secs": "1"}
+              "batch_size": "64", "val_size": "100", "infer_seconds": "0.3", "download": "false"}
     command = [mlflow_bin, "run", str(ROOT), "--env-manager", "local", "--experiment-name", "e2e"]
     for name, value in params.items():
         command += ["-P", f"{name}={value}"]
@@ -90,8 +113,11 @@ def test_mlflow_run_end_to_end(tiny_data_dir: Path, tracking_uri: str) -> None:
 
 @pytest.mark.parametrize("model_name", ["resnet18", "efficientnet_b0"])
 def test_four_variants(model_name: str, tiny_data_dir: Path, tracking_uri: str) -> None:
-    """All four variants finish with the full contract; pruning cuts MACs, int8 shrinks the file."""
-    code = entry.main(["--model", model_name, "--data-dir", str(tiny_data_dir), "--experiment", "variants", *TINY_ARGS])
+    """All four variants with the full contract (amp only where this CPU runs it natively, else skipped
+    with its reason); pruning cuts MACs, int8 shrinks the file; derived variants are priced with their
+    baseline's training (lifecycle), and every figure adds up read back through MlflowClient."""
+    code = entry.main(["--model", model_name, "--data-dir", str(tiny_data_dir), "--experiment", "variants",
+                       "--train-subset", "256", *TINY_ARGS])
     assert code == 0
     client = MlflowClient(tracking_uri)
     parent = next(run for run in _runs(client, "variants") if run.data.tags.get("kind") == "parent")
@@ -99,14 +125,26 @@ def test_four_variants(model_name: str, tiny_data_dir: Path, tracking_uri: str) 
     assert parent.data.params["variants"] == "baseline,amp,pruned,quantized"
     children = _children(client, parent.info.run_id, parent.info.experiment_id)
     assert sorted(children) == ["amp", "baseline", "pruned", "quantized"]
-    for child in children.values():
+    amp_run = children["amp"]
+    if AMP_NATIVE:
+        assert amp_run.data.tags["precision"] == "bf16"
+    else:
+        assert amp_run.info.status == "KILLED" and "no native bf16/fp16" in amp_run.data.tags["skipped"]
+        assert parent.data.tags["skipped_variants"] == "amp"
+    measured = {v: run for v, run in children.items() if v != "amp" or AMP_NATIVE}
+    for child in measured.values():
         assert_contract(client, child)
-    base, amp, pruned, quant = (children[v].data for v in ("baseline", "amp", "pruned", "quantized"))
-    assert amp.tags["precision"] == "bf16"
+        assert child.data.tags["kind"] == "variant"
+    base, pruned, quant = (children[v].data for v in ("baseline", "pruned", "quantized"))
+    base_id = children["baseline"].info.run_id
     assert pruned.metrics["macs"] < pruned.metrics["macs_before"] == base.metrics["macs"]
     assert pruned.metrics["macs_reduction"] > 0.3
-    assert pruned.tags["derived_from"] == children["baseline"].info.run_id
-    assert quant.tags["derived_from"] == children["baseline"].info.run_id
+    assert pruned.tags["derived_from"] == quant.tags["derived_from"] == base_id
+    made_baseline = base.metrics["train_energy_kwh"] + base.metrics["val_energy_kwh"] + base.metrics["setup_energy_kwh"]
+    for derived in (pruned, quant):
+        assert derived.metrics["upstream_energy_kwh"] == pytest.approx(made_baseline, rel=1e-6)
+        assert derived.metrics["lifecycle_energy_kwh"] > base.metrics["train_energy_kwh"]
+    assert not client.get_metric_history(children["quantized"].info.run_id, "val_acc1"), "quantized has no history of its own"
     assert quant.tags["precision"] == "int8"
     assert quant.metrics["model_size_mb"] < base.metrics["model_size_mb"]
     assert quant.metrics["fp32_cpu_infer_images_per_second"] > 0
@@ -115,36 +153,34 @@ def test_four_variants(model_name: str, tiny_data_dir: Path, tracking_uri: str) 
     int8_model = mlflow.pytorch.load_model(f"runs:/{children['quantized'].info.run_id}/model")
     assert int8_model(torch.zeros(3, 3, 32, 32)).shape == (3, 100)
     assert parent.data.metrics["energy_kwh"] == pytest.approx(
-        sum(child.data.metrics["energy_kwh"] for child in children.values()), rel=1e-6
+        sum(child.data.metrics["energy_kwh"] for child in measured.values()), rel=1e-6
     )
-    for variant, child in children.items():  # each child's CodeCarbon CSV holds its own phases only
-        rows = Path(client.download_artifacts(child.info.run_id, "codecarbon_phases.csv")).read_text().splitlines()[1:]
-        assert rows and all(row.startswith(f"{variant}/") for row in rows), rows
+    for variant, child in measured.items():  # each child's ledger holds its own phases only
+        own, _ = read_ledger_csv(client.download_artifacts(child.info.run_id, "energy_ledger.csv"))
+        assert all(phase.name.startswith(f"{model_name}/{variant}/") for phase in own.phases), own.phases
     table = Path(client.download_artifacts(parent.info.run_id, "variants.csv")).read_text().splitlines()
-    assert len(table) == 1 + 4 and table[0].startswith("variant,status,run_id,test_acc1")
+    assert len(table) == 1 + 4 and table[0].startswith("variant,status,run_id,reason,test_acc1")
 
 
 def test_failed_variant_marks_child_failed(tiny_data_dir: Path, tracking_uri: str) -> None:
     """A variant that raises ends FAILED with its reason in `error`; the next variant still runs."""
     from greenstudy.config import RunConfig
-    from greenstudy.energy import EnergyMeter
-    from greenstudy.run import prepare, run_variant
-    from greenstudy.variants import Bench
+    from greenstudy.run import make_bench, prepare, run_variant
 
     cfg = RunConfig(model="efficientnet_b0", data_dir=str(tiny_data_dir), download=False, epochs=1, batch_size=64,
-                    val_size=100, infer_batches=1, measure_power_secs=1, experiment="fails")
+                    val_size=100, train_subset=256, infer_seconds=0.2, experiment="fails")
     device, data = prepare(cfg)
-    bench = Bench(cfg, data, data, device, EnergyMeter(measure_power_secs=1))
+    bench, tags = make_bench(cfg, device, data)
     mlflow.set_experiment("fails")
     with mlflow.start_run() as parent:
-        pruned = run_variant(bench, "pruned", {"model": cfg.model})  # no trained baseline in this bench
-        amp = run_variant(bench, "amp", {"model": cfg.model})
+        pruned = run_variant(bench, "pruned", tags)  # no trained baseline given
+        baseline = run_variant(bench, "baseline", tags)
     bench.meter.stop()
     client = MlflowClient(tracking_uri)
     children = _children(client, parent.info.run_id, parent.info.experiment_id)
     assert pruned.status == "FAILED" and children["pruned"].info.status == "FAILED"
     assert "needs a trained baseline" in children["pruned"].data.tags["error"]
-    assert amp.status == "FINISHED" and children["amp"].info.status == "FINISHED"
+    assert baseline.status == "FINISHED" and children["baseline"].info.status == "FINISHED"
 
 
 def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
@@ -255,5 +291,5 @@ def test_ctrl_c_marks_runs_killed_with_metrics(signum: int, tiny_data_dir: Path,
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err[-2000:]
     statuses = {run.data.tags.get("kind", "child"): run.info.status for run in _runs(client, "kill")}
-    assert statuses == {"parent": "KILLED", "child": "KILLED"}
+    assert statuses == {"parent": "KILLED", "variant": "KILLED"}
     assert len(client.get_metric_history(child.info.run_id, "train_loss")) >= 1
