@@ -36,11 +36,20 @@ def store(tmp_path_factory: pytest.TempPathFactory, tiny_data_dir: Path) -> dict
     done = subprocess.run(cmd, env={**entry_env(uri), "OMP_NUM_THREADS": "1"}, cwd=tmp, capture_output=True, text=True,
                           timeout=500)
     assert done.returncode == 0, done.stderr[-3000:]
+    tune = [PYTHON, str(ROOT / "mlproject" / "tune.py"), "--model", "resnet18", "--variant", "baseline", "--n-trials", "1",
+            "--epochs", "1", "--train-subset", "64", "--val-size", "50", "--test-subset", "50", "--batch-size", "32",
+            "--max-batch-size", "32", "--lr-scaling", "tuned", "--stop-beta", "0", "--infer-seconds", "0.3",
+            "--download", "false", "--data-dir", str(tiny_data_dir), "--experiment", EXPERIMENT]
+    done = subprocess.run(tune, env={**entry_env(uri), "OMP_NUM_THREADS": "1"}, cwd=tmp, capture_output=True, text=True,
+                          timeout=400)  # a `tune` study beside the `main` run: its trial must not be compared
+    assert done.returncode == 0, done.stderr[-3000:]
     experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
     children = {r.data.tags["variant"]: r for r in client.search_runs([experiment_id], "tags.kind = 'variant'")}
     assert sorted(children) == ["baseline", "quantized"]
+    trials = [r.info.run_id for r in client.search_runs([experiment_id], "tags.kind = 'trial'")]
+    assert len(trials) == 1
     with tracking_store(uri):
-        yield {"uri": uri, "client": client, "children": children, "tmp": tmp}
+        yield {"uri": uri, "client": client, "children": children, "trials": trials, "tmp": tmp}
 
 
 def _versions(client: MlflowClient) -> dict[str, list[str]]:
@@ -77,6 +86,10 @@ def test_register_move_aliases_and_load(store: dict[str, object], tmp_path: Path
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"registered: {NAME} v1 = baseline run {ids['baseline']}" in done.stdout
     expected = _expected(children)
+    report_id = done.stdout.split("report run ", 1)[1].split()[0]
+    compared = {row.split(",")[4] for row in Path(client.download_artifacts(report_id, "comparison.csv", str(tmp_path)))
+                .read_text().splitlines()[1:]}
+    assert compared == set(ids.values()) and store["trials"][0] not in done.stdout  # the study's trial: not compared
     assert sorted(_versions(client)) == expected["front"]
     for alias in (MOST_ACCURATE, LEAST_ENERGY, "accurate-within-1pt"):
         assert _alias_run(client, alias) == expected[alias], alias
