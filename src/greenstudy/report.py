@@ -98,7 +98,10 @@ def resolve_experiments(client: MlflowClient, name: str = "") -> list[Experiment
         return [experiment]
     launched = os.environ.get("MLFLOW_RUN_ID")
     if launched:
-        return [client.get_experiment(client.get_run(launched).info.experiment_id)]
+        try:
+            return [client.get_experiment(client.get_run(launched).info.experiment_id)]
+        except MlflowException as exc:
+            raise ConfigError(f"MLFLOW_RUN_ID {launched!r} is not a run of {mlflow.get_tracking_uri()}") from exc
     latest: list[tuple[int, Experiment]] = []
     for experiment in client.search_experiments(max_results=50000):
         parents = client.search_runs([experiment.experiment_id], "tags.kind = 'parent'", max_results=1,
