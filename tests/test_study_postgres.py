@@ -317,7 +317,7 @@ def test_two_workers_share_one_postgres_study(
         assert parent.data.tags["optuna_storage"] == storage  # the URL as given: it never held a password
         assert parent.data.params["storage"] == storage
     # both workers measured the hypervolume against the one reference point stored in the study
-    assert study.user_attrs["hypervolume_reference"] == {"val_acc1": 0.0, "train_energy_kwh": 0.01}
+    assert study.user_attrs["hypervolume_reference"] == {"val_acc1": 0.0, "energy_kwh": 0.01}
     for parent_id in parents:
         assert client.get_run(parent_id).data.tags["hypervolume_reference_energy_kwh"] == "0.01"
 
