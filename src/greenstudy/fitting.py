@@ -132,11 +132,11 @@ def _epochs(cfg: RunConfig, data: CifarData, meter: EnergyMeter, setup: TrainSet
             "epoch_train_energy_kwh": train_phase.energy_kwh, "epoch_val_energy_kwh": val_phase.energy_kwh,
             "cumulative_energy_kwh": cumulative,
         }
-        log(metrics, epoch)
         result.history.append(metrics)
         stop = control.after_epoch(EpochReport(epoch, val["acc1"], cumulative, so_far.seconds("train", "val", "interrupted")))
-        if checkpointer is not None:
+        if checkpointer is not None:  # before logging: every logged epoch is in the checkpoint
             _save(checkpointer, cfg, setup, epoch, ledger, result.history, control)
+        log(metrics, epoch)
         progress.epoch(epoch, metrics, cumulative)
         if stop:
             break

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import mlflow
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from greenstudy.checkpoint import Checkpointer, fingerprint
 from greenstudy.config import RunConfig
 from greenstudy.errors import ConfigError
 from greenstudy.ledger import read_ledger_csv
@@ -71,6 +73,10 @@ def plan_resume(cfg: RunConfig, device: torch.device) -> ResumePlan:
             plan.unfinished.pop(variant, None)
         elif variant not in plan.finished and "skipped" not in child.data.tags:
             plan.unfinished[variant] = child.info.run_id
+    for run_id in plan.unfinished.values():  # a checkpoint from other settings: one line, before any run starts
+        checkpointer = Checkpointer(Path(cfg.checkpoint_dir).resolve() / run_id)
+        if checkpointer.exists():
+            checkpointer.load(fingerprint(cfg))
     baseline = plan.finished.get("baseline")
     if baseline is not None and any(v in cfg.variants for v in ("pruned", "quantized")):
         plan.upstream = _load_upstream(client, baseline.run_id, device)

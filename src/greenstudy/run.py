@@ -4,6 +4,7 @@ where a variant's record becomes MLflow metrics."""
 from __future__ import annotations
 
 import csv
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,6 +193,8 @@ def run_main(cfg: RunConfig) -> MainOutcome:
     """Train, measure and log every requested variant of one model (or go on with an interrupted run)."""
     device, cpu_data = prepare(cfg)
     plan: ResumePlan | None = plan_resume(cfg, device) if cfg.resume else None
+    if plan:
+        _mark_sitting(cfg.resume)
     bench, tags = make_bench(cfg, device, cpu_data)
     children: list[ChildOutcome] = []
     upstream = plan.upstream if plan else None
@@ -216,6 +219,16 @@ def run_main(cfg: RunConfig) -> MainOutcome:
         if children and all(child.status in ("FAILED", "KILLED") for child in children):
             raise RuntimeError("every variant failed: " + "; ".join(f"{c.variant}: {c.error}" for c in children))
     return MainOutcome(cfg.experiment_name, parent.info.run_id, children)
+
+
+def _mark_sitting(resumed_parent: str) -> None:
+    """Under `mlflow run`, the run MLflow made for this sitting only records that it resumed another:
+    the work goes on in the interrupted parent and its children, in place."""
+    sitting = os.environ.get("MLFLOW_RUN_ID")
+    if sitting and sitting != resumed_parent:
+        client = mlflow.MlflowClient()
+        client.set_tag(sitting, "kind", "resume-sitting")
+        client.set_tag(sitting, "resumes", resumed_parent)
 
 
 def _log_parent_summary(children: list[ChildOutcome]) -> None:

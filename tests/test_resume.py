@@ -1,0 +1,105 @@
+"""Resume: an interrupted `main` run goes on in place (same child run id) from its last finished epoch,
+reaches the same weights as an uninterrupted run, and its energy totals add up across both sittings."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from greenstudy.ledger import MAKE_AND_CHECK, read_ledger_csv
+from tests.conftest import PYTHON, ROOT, entry_env
+
+ARGS = ["--model", "efficientnet_b0", "--variants", "baseline", "--epochs", "3", "--batch-size", "64",
+        "--train-subset", "192", "--val-size", "100", "--test-subset", "100", "--infer-seconds", "0.2",
+        "--download", "false"]
+
+
+def _main(args: list[str], uri: str, cwd: Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PYTHON, str(ROOT / "mlproject" / "main.py"), *args], env=entry_env(uri), cwd=cwd,
+                          capture_output=True, text=True, timeout=400, **kwargs)
+
+
+def _only(client: MlflowClient, experiment: str, kind: str) -> mlflow.entities.Run:
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], f"tags.kind = '{kind}'")
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def _interrupt_after_first_checkpoint(args: list[str], uri: str, cwd: Path, experiment: str) -> str:
+    """Start a run, SIGINT it once its first epoch's checkpoint exists; returns the child run id."""
+    process = subprocess.Popen([PYTHON, str(ROOT / "mlproject" / "main.py"), *args], env=entry_env(uri), cwd=cwd,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = MlflowClient(uri)
+    deadline = time.monotonic() + 240
+    child_id = ""
+    while time.monotonic() < deadline and process.poll() is None:
+        exp = client.get_experiment_by_name(experiment)
+        runs = client.search_runs([exp.experiment_id], "tags.kind = 'variant'") if exp else []
+        if runs and "checkpoint" in runs[0].data.tags and Path(runs[0].data.tags["checkpoint"]).is_file():
+            child_id = runs[0].info.run_id
+            break
+        time.sleep(0.2)
+    assert child_id, "no checkpoint was written"
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    return child_id
+
+
+def test_resume_goes_on_in_place_and_matches_uninterrupted(tiny_data_dir: Path, tracking_uri: str, tmp_path: Path) -> None:
+    args = [*ARGS, "--data-dir", str(tiny_data_dir), "--checkpoint-dir", str(tmp_path / "ckpt")]
+    full = _main([*args, "--experiment", "full"], tracking_uri, tmp_path)
+    assert full.returncode == 0, full.stderr[-2000:]
+
+    child_id = _interrupt_after_first_checkpoint([*args, "--experiment", "cut"], tracking_uri, tmp_path, "cut")
+    client = MlflowClient(tracking_uri)
+    parent = _only(client, "cut", "parent")
+    assert parent.info.status == "KILLED" and client.get_run(child_id).info.status == "KILLED"
+    logged_before = len(client.get_metric_history(child_id, "val_acc1"))
+    assert 1 <= logged_before < 3
+
+    resumed = _main([*args, "--experiment", "cut", "--resume", parent.info.run_id], tracking_uri, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming run {child_id}" in resumed.stderr
+    child = client.get_run(child_id)
+    assert child.info.status == "FINISHED" and client.get_run(parent.info.run_id).info.status == "FINISHED"
+    assert len(client.search_runs([parent.info.experiment_id], "tags.kind = 'variant'")) == 1, "went on in place"
+    steps = [p.step for p in client.get_metric_history(child_id, "val_acc1")]
+    assert steps == [1, 2, 3]
+
+    own, _ = read_ledger_csv(client.download_artifacts(child_id, "energy_ledger.csv", str(tmp_path / "dl")))
+    assert [p.epoch for p in own.of("train")] == [1, 2, 3]
+    assert child.data.metrics["energy_kwh"] == pytest.approx(own.energy(*MAKE_AND_CHECK), rel=1e-6)
+    assert child.data.metrics["train_energy_kwh"] == pytest.approx(
+        sum(p.value for p in client.get_metric_history(child_id, "epoch_train_energy_kwh")), rel=1e-6)
+    assert not Path(child.data.tags["checkpoint"]).exists(), "a finished run's checkpoint is removed"
+
+    reference = _only(client, "full", "variant")
+    a = mlflow.pytorch.load_model(f"runs:/{reference.info.run_id}/model").state_dict()
+    b = mlflow.pytorch.load_model(f"runs:/{child_id}/model").state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_bad_resume_id_and_other_settings_are_one_line(tiny_data_dir: Path, tracking_uri: str, tmp_path: Path) -> None:
+    args = [*ARGS, "--data-dir", str(tiny_data_dir), "--checkpoint-dir", str(tmp_path / "ckpt"), "--experiment", "bad"]
+    result = _main([*args, "--resume", "0123456789abcdef"], tracking_uri, tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: resume: no run '0123456789abcdef'")
+
+    _interrupt_after_first_checkpoint(args, tracking_uri, tmp_path, "bad")
+    parent = _only(MlflowClient(tracking_uri), "bad", "parent")
+    other = [a if a != "0.1" else "0.05" for a in [*args, "--lr", "0.1"]]
+    result = _main([*other, "--resume", parent.info.run_id], tracking_uri, tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: checkpoint ") and "lr=0.1 (now 0.05)" in last
