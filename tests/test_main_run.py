@@ -293,3 +293,26 @@ def test_ctrl_c_marks_runs_killed_with_metrics(signum: int, tiny_data_dir: Path,
     statuses = {run.data.tags.get("kind", "child"): run.info.status for run in _runs(client, "kill")}
     assert statuses == {"parent": "KILLED", "variant": "KILLED"}
     assert len(client.get_metric_history(child.info.run_id, "train_loss")) >= 1
+
+
+def test_two_runs_at_once_never_measure_together(tiny_data_dir: Path, tracking_uri: str, tmp_path: Path) -> None:
+    """CodeCarbon measures the whole machine: two runs started at once take turns (machine lock), so
+    no measured phase of one overlaps a measured phase of the other."""
+    env = {**entry_env(tracking_uri), "GREENSTUDY_ENERGY_LOCK": str(tmp_path / "energy.lock")}
+    MlflowClient(tracking_uri).search_experiments()  # create the store's schema once, before two processes race for it
+    command = [PYTHON, str(ROOT / "mlproject" / "main.py"), "--data-dir", str(tiny_data_dir), "--model", "efficientnet_b0",
+               "--variants", "baseline", "--train-subset", "128", *TINY_ARGS]
+    processes = [subprocess.Popen([*command, "--experiment", f"twin{i}"], env=env, cwd=tmp_path, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
+    outputs = [process.communicate(timeout=300) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], [err[-1500:] for _, err in outputs]
+    assert any("waiting for pid" in err for _, err in outputs)
+    client = MlflowClient(tracking_uri)
+    spans = []
+    for i in range(2):
+        child = next(run for run in _runs(client, f"twin{i}") if run.data.tags.get("kind") == "variant")
+        own, _ = read_ledger_csv(client.download_artifacts(child.info.run_id, "energy_ledger.csv", str(tmp_path / str(i))))
+        spans.append([(p.started_at, p.started_at + p.seconds) for p in own.phases])
+    for start_a, end_a in spans[0]:
+        for start_b, end_b in spans[1]:
+            assert end_a <= start_b or end_b <= start_a, "two runs measured the machine at the same time"
