@@ -20,6 +20,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from greenstudy.config import RunConfig
+from greenstudy.data import write_synthetic_cifar
 from greenstudy.errors import ConfigError
 from greenstudy.pareto import hypervolume_2d
 from greenstudy.storage import create_or_load_study, open_storage
@@ -304,6 +305,32 @@ def test_unreachable_target_prunes_not_fails_and_is_not_retrained(tiny_data_dir:
     again = run_study(config)
     assert again.trial_numbers == [] and len(study.get_trials()) == 2
     assert children_of(client, again.parent_run_id) == []
+
+
+def test_to_target_minimises_the_energy_to_the_target(tmp_path: Path, tracking_uri: str) -> None:
+    # 10 classes: one epoch puts at least 1 % of the validation images right, so the target is reached at epoch 1
+    data_dir = tmp_path / "cifar10"
+    write_synthetic_cifar(data_dir, "cifar10", n_train=300, n_test=100, seed=0)
+    config = tiny_config(data_dir, tmp_path, run={"dataset": "cifar10", "epochs": 2, "target_acc1": 1.0},
+                         objective="to_target", sampler="random", lr_scaling="linear", max_batch_size=16, n_trials=1)
+    outcome = run_study(config)
+    study = optuna.load_study(study_name="s", storage=config.storage)
+    [reached] = study.get_trials()
+    assert reached.state == TrialState.COMPLETE and reached.user_attrs["epochs_to_target"] == 1
+
+    client = MlflowClient(tracking_uri)
+    child = client.get_run(reached.user_attrs["mlflow_run_id"])
+    history = client.get_metric_history(child.info.run_id, "cumulative_energy_kwh")
+    assert [p.step for p in history] == [1]  # stopped at the target, one epoch before the schedule's end
+    assert reached.values[0] == pytest.approx(child.data.metrics["energy_to_target_kwh"])
+    assert reached.values[0] == pytest.approx(history[0].value)
+    assert child.data.metrics["target_reached"] == 1
+    parent = client.get_run(outcome.parent_run_id)
+    reference = study.user_attrs[REFERENCE_ATTR]["energy_kwh"]
+    assert parent.data.metrics["hypervolume"] == pytest.approx(reference - reached.values[0])  # 1-D: kWh saved below the reference
+    assert parent.data.metrics["best_energy_energy_to_target_kwh"] == pytest.approx(reached.values[0])
+    artifacts = {item.path for item in client.list_artifacts(outcome.parent_run_id)}
+    assert {"energy_to_target.png", "energy_to_target.html", "pareto.csv"} <= artifacts
 
 
 # ---------------------------------------------------------------- the entry script
