@@ -1,0 +1,81 @@
+"""The hardware-dependent choices: precision by capability (pure, runs anywhere), models logged from a
+CPU copy, and CUDA end to end (skipped without a GPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from greenstudy.models import build_model
+from greenstudy.params import parse_main
+from greenstudy.precision import Hardware, choose_mixed_precision, cpu_capability, describe
+from greenstudy.run import run_main
+from greenstudy.tracking import log_torch_model
+from tests.conftest import TINY_ARGS
+
+AVX2 = Hardware("cpu", "AVX2")
+ZEN4 = Hardware("cpu", "AVX512", cpu_bf16=True)
+
+
+@pytest.mark.parametrize(
+    ("hw", "amp_dtype", "expected", "reason"),
+    [
+        (Hardware("cuda", "AVX2", cuda_capability=(7, 5)), "auto", "fp16", "fp16 + GradScaler on cuda sm_75"),
+        (Hardware("cuda", "AVX2", cuda_capability=(8, 0)), "auto", "bf16", "native bf16 on cuda sm_80"),
+        (Hardware("cuda", "AVX2", cuda_capability=(9, 0)), "fp16", "fp16", "forced amp_dtype=fp16"),
+        (ZEN4, "auto", "bf16", "native bf16 on cpu AVX512"),
+        (Hardware("cpu", "AVX512", cpu_fp16=True), "auto", "fp16", "native fp16"),
+        (AVX2, "auto", None, "no native bf16/fp16 on this CPU (AVX2)"),
+        (AVX2, "bf16", "bf16", "forced amp_dtype=bf16 on cpu AVX2"),
+    ],
+)
+def test_mixed_precision_follows_capability(hw: Hardware, amp_dtype: str, expected: str | None, reason: str) -> None:
+    choice = choose_mixed_precision(hw, amp_dtype)
+    assert (choice.precision.name if choice.precision else None) == expected
+    assert reason in choice.reason
+    if expected == "fp16" and hw.device_type == "cuda":
+        assert choice.precision.needs_scaler
+
+
+def test_this_machine_is_described_without_cuda() -> None:
+    hw = describe(torch.device("cpu"))
+    assert hw.cpu_capability == cpu_capability() and hw.cuda_capability is None
+    assert hw.label == f"cpu {cpu_capability()}"
+
+
+def test_model_is_logged_from_a_cpu_copy(tracking_uri: str) -> None:
+    """Logging never touches the trained model (still in train mode, same device) and stores a CPU module."""
+    model = build_model("efficientnet_b0", 10).train()
+    with mlflow.start_run() as run:
+        log_torch_model(model, torch.randn(2, 3, 32, 32))
+    assert model.training
+    loaded = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model", map_location="cpu")
+    assert all(p.device.type == "cpu" for p in loaded.parameters())
+    assert loaded(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_four_variants_load_back_on_cpu(tiny_data_dir: Path, tracking_uri: str) -> None:
+    """All four variants on CUDA: precision by capability, fp32 really fp32 (TF32 off), NVML energy of the
+    run's own GPU, and every logged model loads and predicts on the CPU."""
+    cfg = parse_main(["--model", "resnet18", "--device", "cuda", "--data-dir", str(tiny_data_dir), "--experiment", "gpu",
+                      "--train-subset", "256", *TINY_ARGS])
+    outcome = run_main(cfg)
+    assert not outcome.failed, [c.error for c in outcome.children]
+    client = MlflowClient(tracking_uri)
+    major, _ = torch.cuda.get_device_capability()
+    for child in outcome.children:
+        run = client.get_run(child.run_id)
+        assert run.data.tags["device"] == "cuda" and run.data.tags["tf32"] == "off"
+        assert "gpu=nvml" in run.data.tags["energy_method"]
+        if child.variant == "amp":
+            assert run.data.tags["precision"] == ("bf16" if major >= 8 else "fp16")
+        if child.variant != "quantized":
+            assert run.data.metrics["gpu_energy_nvml_kwh"] > 0
+        model = mlflow.pytorch.load_model(f"runs:/{child.run_id}/model", map_location="cpu")
+        assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 100)
