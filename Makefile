@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SHARED_DATA := $(abspath ../shared/data)
 export MLFLOW_DISABLE_TELEMETRY := true
-export CODECARBON_LOG_LEVEL := warning
+export CODECARBON_LOG_LEVEL := error
 
 .PHONY: install demo report test lint system-deps clean
 
