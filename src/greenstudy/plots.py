@@ -55,7 +55,7 @@ def plot_accuracy_vs_energy(points: Sequence[RunPoint], path: Path) -> int:
     best = front(points)
     if best:
         ax.plot([lifecycle_energy(p) for p in best], [p.metrics["test_acc1"] for p in best], "--", color="0.4",
-                lw=1.2, label=FRONT_LABEL, zorder=2)
+                lw=1.2, marker="o", markersize=16, markerfacecolor="none", label=FRONT_LABEL, zorder=2)  # ringed
     ax.set_xlabel(ENERGY_AXIS)
     ax.set_ylabel(ACCURACY_AXIS)
     ax.set_title("Accuracy bought per kWh: every run, non-dominated front dashed")
@@ -87,7 +87,8 @@ def write_accuracy_vs_energy_html(points: Sequence[RunPoint], path: Path) -> int
     best = front(points)
     if best:
         fig.add_trace(go.Scatter(x=[lifecycle_energy(p) for p in best], y=[p.metrics["test_acc1"] for p in best],
-                                 mode="lines", name=FRONT_LABEL, line={"dash": "dash", "color": "#666"}, hoverinfo="skip"))
+                                 mode="lines+markers", name=FRONT_LABEL, line={"dash": "dash", "color": "#666"}, hoverinfo="skip",
+                                 marker={"symbol": "circle-open", "size": 22, "color": "#666"}))
     fig.update_layout(title="Accuracy bought per kWh (every run; dashed: non-dominated front)",
                       xaxis_title=ENERGY_AXIS, yaxis_title=ACCURACY_AXIS, template="plotly_white")
     fig.write_html(path, include_plotlyjs=True, full_html=True)
@@ -136,8 +137,9 @@ def plot_learning_curves(curves: Sequence[Curve], path: Path, colours: dict[str,
         model, variant = curve.label.split("/", 1)
         style = ":" if curve.source else "--" if curve.derived else "-"
         suffix = f", epochs of {curve.source[:8]}" if curve.source else ""
+        hollow = {"markerfacecolor": "none", "markersize": 10} if curve.source else {}  # its source's markers show through
         (line,) = ax.plot(curve.energy_kwh, curve.val_acc1, marker=MARKERS.get(variant, "P"), linestyle=style,
-                          color=colours.get(model, "black"), label=f"{curve.label} ({curve.run_id[:8]}{suffix})")
+                          color=colours.get(model, "black"), label=f"{curve.label} ({curve.run_id[:8]}{suffix})", **hollow)
         lines.append(line)
     ax.set_xlabel("cumulative train + validation energy (kWh, CodeCarbon)")
     ax.set_ylabel("validation accuracy top-1 (%)")
