@@ -1,0 +1,158 @@
+"""The batch-size study in `results/`: each study parent run (tag kind=study) with its Pareto front (from
+Optuna when a storage is given, else the parent's pareto.csv artifact, else its trial runs' metrics), its
+trials, its front picture (copied from the parent's artifacts) and the `tune` command rebuilt from its params."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from greenstudy.pareto import pareto_front
+from greenstudy.results_tables import command_line, markdown, num, pct, wh
+from greenstudy.tracking import write_dict_csv
+
+FRONT_PICTURES = ("pareto_front.png", "energy_to_target.png")
+PARAM_RENAMES = {"reference_batch_size": "batch_size", "base_lr": "lr"}  # study_params name -> tune parameter
+TRIAL_VARYING = ("batch_size", "lr", "variant")  # trial params that are not the study's settings
+FINAL_ENERGY = "train_val_energy_kwh"
+
+
+@dataclass
+class StudySection:
+    """One study as results/README.md shows it."""
+
+    run: Run
+    front: list[dict[str, str]]
+    front_source: str
+    trials: list[list[str]]
+    command: str
+    picture: str = ""  # file name in results/, '' when the parent has none
+    csv_name: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def markdown(self) -> list[str]:
+        p, m = self.run.data.params, self.run.data.metrics
+        name = p.get("study_name", self.run.info.run_name or "?")
+        energy_key = next((k for k in self.front[0] if k.endswith("_kwh")), FINAL_ENERGY) if self.front else FINAL_ENERGY
+        rows = [[r.get("trial", ""), r.get("batch_size", ""), num(_float(r.get("lr")), ".4g"), pct(_float(r.get("val_acc1"))),
+                 wh(_float(r.get(energy_key))), r.get("run_id", "")] for r in self.front]
+        counts = ", ".join(f"{m[k]:.0f} {k.split('_')[1]}" for k in ("trials_complete", "trials_pruned", "trials_failed")
+                           if k in m)
+        lines = [
+            f"### Study `{name}` (parent run {self.run.info.run_id}, {self.run.info.status})", "",
+            f"- model {p.get('model', '?')}, objective {p.get('objective', '?')}, sampler {p.get('sampler', '?')}, "
+            f"{p.get('epochs', '?')} epochs per trial, batch sizes {p.get('batch_size_choices', '?')}",
+            f"- trials: {counts or '?'}; study energy (all trials, complete, pruned and failed) "
+            f"{wh(m.get('all_trials_energy_kwh'))} Wh; hypervolume {num(m.get('hypervolume'))} "
+            f"(reference {self.run.data.tags.get('hypervolume_reference', '?')})",
+            f"- front read from {self.front_source}" + (f"; written to {self.csv_name}" if self.csv_name else ""),
+            *(f"- {note}" for note in self.notes), "", "```", self.command, "```", "", "Pareto front (selected on val_acc1):", "",
+            markdown(("trial", "batch size", "lr", "val top-1 %", f"{energy_key.replace('_kwh', '')} Wh", "run id"), rows)
+            if rows else "no completed trial yet\n",
+            "All trials:", "",
+            markdown(("trial", "batch size", "lr", "status", "val top-1 % (last epoch)", "train+val Wh", "run id"), self.trials),
+        ]
+        if self.picture:
+            lines += [f"![front of {name}]({self.picture})", ""]
+        return lines
+
+
+def _float(value: object) -> float | None:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def trial_runs(client: MlflowClient, study: Run) -> list[Run]:
+    found = client.search_runs([study.info.experiment_id], f"tags.`mlflow.parentRunId` = '{study.info.run_id}'",
+                               max_results=5000)
+    return sorted(found, key=lambda r: int(r.data.tags.get("trial_number", "0") or 0))
+
+
+def trial_row(run: Run) -> list[str]:
+    m, tags = run.data.metrics, run.data.tags
+    energy = m.get("train_energy_kwh", math.nan) + m.get("val_energy_kwh", math.nan)
+    state = tags.get("optuna_state", run.info.status) + (f": {tags['prune_reason']}" if tags.get("prune_reason") else "")
+    state += f": {tags['error']}" if tags.get("error") else ""
+    return [tags.get("trial_number", "?"), run.data.params.get("batch_size", "?"), num(_float(run.data.params.get("lr")), ".4g"),
+            state, pct(m.get("val_acc1")), wh(energy), run.info.run_id]
+
+
+def front_from_trials(trials: Sequence[Run]) -> list[dict[str, str]]:
+    """The front of the finished, unpruned trial runs on (train+val energy, last val_acc1)."""
+    done = [r for r in trials if r.info.status == "FINISHED" and r.data.tags.get("optuna_state") != "PRUNED"
+            and {"val_acc1", "train_energy_kwh", "val_energy_kwh"} <= set(r.data.metrics)]
+    coords = [(r.data.metrics["train_energy_kwh"] + r.data.metrics["val_energy_kwh"], r.data.metrics["val_acc1"]) for r in done]
+    return [{"trial": done[i].data.tags.get("trial_number", "?"), "batch_size": done[i].data.params.get("batch_size", ""),
+             "lr": done[i].data.params.get("lr", ""), "val_acc1": str(coords[i][1]), FINAL_ENERGY: str(coords[i][0]),
+             "run_id": done[i].info.run_id} for i in pareto_front(coords)]
+
+
+def front_from_optuna(storage: str, study_name: str) -> list[dict[str, str]]:
+    import optuna
+
+    from greenstudy.study_front import front_rows, objective_of
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    return [{k: "" if v is None else str(v) for k, v in row.items()} for row in front_rows(study.get_trials(), objective_of(study))]
+
+
+def _artifact(client: MlflowClient, run_id: str, name: str, tmp: Path) -> Path | None:
+    try:
+        return Path(client.download_artifacts(run_id, name, str(tmp)))
+    except (MlflowException, OSError):
+        return None
+
+
+def tune_command(client: MlflowClient, study: Run, trials: Sequence[Run]) -> str:
+    from greenstudy.tune_params import tune_parser
+
+    params = {k: v for t in trials[:1] for k, v in t.data.params.items() if k not in TRIAL_VARYING}
+    params.update({PARAM_RENAMES.get(k, k): v for k, v in study.data.params.items() if k != "batch_size_choices"})
+    experiment = client.get_experiment(study.info.experiment_id).name
+    return command_line(tune_parser(), params, experiment, entry="tune",
+                        always=("model", "n_trials", "epochs", "study_name", "sampler_seed"))
+
+
+def study_sections(client: MlflowClient, runs: Sequence[Run], tmp: Path, out: Path, study_name: str = "",
+                   storage: str = "") -> list[StudySection]:
+    """Every study parent in `runs` (only `study_name` if given), latest first; writes pareto*.csv and the
+    front pictures into `out`."""
+    studies = [r for r in runs if r.data.tags.get("kind") == "study"
+               and (not study_name or r.data.params.get("study_name") == study_name)]
+    sections = []
+    for k, study in enumerate(sorted(studies, key=lambda r: -(r.info.start_time or 0))):
+        suffix = "" if k == 0 else f"-{study.data.params.get('study_name', study.info.run_id)}"
+        trials = trial_runs(client, study)
+        name = study.data.params.get("study_name", "")
+        artifact = _artifact(client, study.info.run_id, "pareto.csv", tmp / study.info.run_id)
+        if storage and name:
+            front, source = front_from_optuna(storage, name), f"Optuna storage {storage.split('@')[-1]}"
+        elif artifact is not None:
+            front, source = list(csv.DictReader(io.StringIO(artifact.read_text()))), "the parent's pareto.csv artifact"
+        else:
+            front, source = front_from_trials(trials), "the trial runs' metrics (no pareto.csv artifact)"
+        section = StudySection(study, front, source, [trial_row(t) for t in trials], tune_command(client, study, trials))
+        if front:
+            section.csv_name = f"pareto{suffix}.csv"
+            write_dict_csv(front, list(front[0]), out / section.csv_name)
+        for picture in FRONT_PICTURES:
+            found = _artifact(client, study.info.run_id, picture, tmp / study.info.run_id)
+            if found is not None:
+                section.picture = f"{Path(picture).stem}{suffix}.png"
+                shutil.copyfile(found, out / section.picture)
+                break
+        else:
+            section.notes.append("the parent has no front picture artifact yet")
+        sections.append(section)
+    return sections
