@@ -35,3 +35,9 @@ lint: install
 
 clean:
 	rm -rf $(VENV) mlruns mlflow.db optuna.db
+
+# results/ regenerated from MLflow (MLFLOW_TRACKING_URI): make results EXPERIMENT=a[,b] [STUDY=name] [STORAGE=optuna-url]
+EXPERIMENT ?= greenstudy-cifar100
+.PHONY: results
+results: install
+	$(BIN)/python -m greenstudy.results --experiment "$(EXPERIMENT)" --out results $(if $(STUDY),--study-name "$(STUDY)") $(if $(STORAGE),--storage "$(STORAGE)")
