@@ -50,6 +50,7 @@ EXTRA_COLUMNS = ("test_acc5", "epochs_run", "train_seconds", *(f"energy_to_{t:g}
 SETUP_TAGS = ("cpu_model", "cpu_capability", "cpu_cores", "device", "gpu_model", "energy_method", "codecarbon_version",
               "data_source")
 UNFINISHED = ("RUNNING", "KILLED")
+RESUME_ALWAYS = ("model", "variants", "epochs", "resume", "checkpoint_dir")
 
 
 @dataclass
@@ -173,10 +174,19 @@ def poster_section(c: Collected) -> list[str]:
             *(f"- {note}" for note in poster_caveats(c.views)), ""]
 
 
+def unfinished_runs(c: Collected) -> list[Run]:
+    """Variant runs RUNNING or KILLED with a checkpoint (not skipped): they can be resumed."""
+    return [r for r in c.runs if r.info.status in UNFINISHED and r.data.tags.get("kind") == "variant"
+            and r.data.tags.get("checkpoint") and not r.data.tags.get("skipped")]
+
+
+def in_progress_ids(c: Collected) -> set[str]:
+    return {r.info.run_id for r in unfinished_runs(c)}
+
+
 def progress_section(client: MlflowClient, c: Collected) -> list[str]:
-    """Unfinished runs (RUNNING or KILLED with a checkpoint) and the command that resumes them."""
-    unfinished = [r for r in c.runs if r.info.status in UNFINISHED and r.data.tags.get("kind") == "variant"
-                  and r.data.tags.get("checkpoint") and not r.data.tags.get("skipped")]
+    """Unfinished runs and the command that resumes them in place."""
+    unfinished = unfinished_runs(c)
     lines = ["## In progress", ""]
     if not unfinished:
         return [*lines, "No unfinished run with a checkpoint.", ""]
@@ -192,15 +202,17 @@ def progress_section(client: MlflowClient, c: Collected) -> list[str]:
         if parent_id and parent_id not in commands:
             parent = client.get_run(parent_id)
             params = {**main_params(client, parent), "resume": parent_id}
+            params.setdefault("checkpoint_dir", str(Path(run.data.tags["checkpoint"]).parent.parent))
             experiment = client.get_experiment(parent.info.experiment_id).name
-            commands[parent_id] = command_line(main_parser(), params, experiment, always=("model", "variants", "epochs", "resume"))
+            commands[parent_id] = command_line(main_parser(), params, experiment, always=RESUME_ALWAYS)
     table = markdown(("model", "variant", "run id", "status", "epochs done", "last val top-1 %", "Wh so far"), rows)
-    return [*lines, table, "Resume in place (same params, same checkpoint_dir):", "", "```",
+    return [*lines, table, "Resume in place (same params, same checkpoint_dir; a RUNNING run may still be going: "
+            "resume it only once its process has stopped):", "", "```",
             *(f"# parent {pid}\n{cmd}" for pid, cmd in commands.items()), "```", ""]
 
 
 def skipped_section(c: Collected) -> list[str]:
-    rows = [[s.model, s.variant, s.run_id, s.status, s.reason] for s in c.skipped]
+    rows = [[s.model, s.variant, s.run_id, s.status, s.reason] for s in c.skipped if s.run_id not in in_progress_ids(c)]
     return ["## Skipped and failed runs", "", markdown(("model", "variant", "run id", "status", "reason"), rows)
             if rows else "none", ""]
 

@@ -56,7 +56,7 @@ class StudySection:
             f"(reference {self.run.data.tags.get('hypervolume_reference', '?')})",
             f"- front read from {self.front_source}" + (f"; written to {self.csv_name}" if self.csv_name else ""),
             *(f"- {note}" for note in self.notes), "", "```", self.command, "```", "", "Pareto front (selected on val_acc1):", "",
-            markdown(("trial", "batch size", "lr", "val top-1 %", f"{energy_key.replace('_kwh', '')} Wh", "run id"), rows)
+            markdown(("trial", "batch size", "lr", "val top-1 %", f"{energy_key.removesuffix('_kwh')} Wh", "run id"), rows)
             if rows else "no completed trial yet\n",
             "All trials:", "",
             markdown(("trial", "batch size", "lr", "status", "val top-1 % (last epoch)", "train+val Wh", "run id"), self.trials),
