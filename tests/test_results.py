@@ -127,8 +127,8 @@ def test_results_are_rebuilt_from_a_small_real_experiment(tracking_uri: str, tmp
     assert "| poster | resnet18 | – | 20 | 52.5 % |" in readme and "99.8 %" in readme
     assert "ran 1 epochs, not the poster's 20" in readme and "trained on a subset of 256 images" in readme
     command = next(line for line in readme.splitlines() if line.startswith("mlflow run ."))
-    for part in ("-P variants=baseline,quantized", "-P epochs=1", "-P train_subset=256", "-P calib_batches=2",
-                 f"--experiment-name {EXPERIMENT}"):
+    for part in (f"-P data_dir={data_dir}", "-P download=false", "-P variants=baseline,quantized", "-P epochs=1",
+                 "-P train_subset=256", "-P calib_batches=2", f"--experiment-name {EXPERIMENT}"):
         assert part in command
     assert base.tags["cpu_model"] in readme and base.tags["energy_method"] in readme and base.tags["data_source"] in readme
     assert not (out / "stale.png").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 from mlflow.entities import Experiment, Run
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from greenstudy.cli import one_line_parser, run_cli
@@ -50,6 +52,7 @@ EXTRA_COLUMNS = ("test_acc5", "epochs_run", "train_seconds", *(f"energy_to_{t:g}
 SETUP_TAGS = ("cpu_model", "cpu_capability", "cpu_cores", "device", "gpu_model", "energy_method", "codecarbon_version",
               "data_source")
 UNFINISHED = ("RUNNING", "KILLED")
+CONFIG_NOT_PARAMS = ("experiment", "extra_tags", "resume")  # RunConfig fields that are no `-P` of the main entry point
 RESUME_ALWAYS = ("model", "variants", "epochs", "resume", "checkpoint_dir")
 
 
@@ -73,15 +76,19 @@ def history(client: MlflowClient, run_id: str, name: str) -> dict[int, float]:
     return values
 
 
+def view_of(client: MlflowClient, point: RunPoint, config: str = "") -> RunView:
+    """A run with its per-epoch val_acc1, cumulative_energy_kwh and train_acc1."""
+    return RunView(point, *(history(client, point.run_id, name) for name in ("val_acc1", "cumulative_energy_kwh", "train_acc1")),
+                   config=config)
+
+
 def collect(client: MlflowClient, names: Sequence[str]) -> Collected:
     experiments = [e for name in names for e in resolve_experiments(client, name)]
     runs = fetch_runs(client, [e.experiment_id for e in experiments], "", [])
     points, skipped = classify(runs)
     rows = comparison_rows(points, "latest")
     by_id = {p.run_id: p for p in points}
-    views = [RunView(by_id[str(r["run_id"])], history(client, str(r["run_id"]), "val_acc1"),
-                     history(client, str(r["run_id"]), "cumulative_energy_kwh"), history(client, str(r["run_id"]), "train_acc1"))
-             for r in rows]
+    views = [view_of(client, by_id[str(r["run_id"])], str(r["config"])) for r in rows]
     for row, view in zip(rows, views, strict=True):
         row.update({c: view.metrics.get(c, "") for c in EXTRA_COLUMNS if not c.startswith("energy_to_")})
         for t in THRESHOLDS:
@@ -145,17 +152,32 @@ def command_section(client: MlflowClient, c: Collected) -> list[str]:
 
 
 def main_params(client: MlflowClient, parent: Run) -> dict[str, str]:
-    """The `main` parameters of a parent: its children's contract params, then its own (variants; every
-    entry-point parameter under `mlflow run`); data_dir from the data_source tag where not logged."""
+    """The `main` parameters of a parent, later sources winning: its children's contract params, the RunConfig
+    a finished child saved (config.json: every parameter as given), the parent's own params (every entry-point
+    parameter under `mlflow run`); data_dir from the data_source tag where none of them has it."""
     params: dict[str, str] = {}
     children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    for child in sorted(children, key=lambda r: r.data.tags.get("variant") != "baseline"):
+    children.sort(key=lambda r: r.data.tags.get("variant") != "baseline")
+    for child in children:
         params.update({k: v for k, v in child.data.params.items() if k != "variant" and k not in params})
+    finished = [r for r in children if r.info.status == "FINISHED"]
+    params.update(saved_config(client, finished[0].info.run_id) if finished else {})
     params.update(parent.data.params)
     source = parent.data.tags.get("data_source", "")
     if "data_dir" not in params and ":" in source:
         params["data_dir"] = str(Path(source.split(":", 1)[1]).parent)
     return params
+
+
+def saved_config(client: MlflowClient, run_id: str) -> dict[str, str]:
+    """config.json of a finished child as -P values ({} where it has none); not the sitting's resume id."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            config = json.loads(Path(client.download_artifacts(run_id, "config.json", tmp)).read_text())
+        except (MlflowException, OSError, ValueError):
+            return {}
+    return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in config.items()
+            if v is not None and k not in CONFIG_NOT_PARAMS}
 
 
 def variants_section(c: Collected) -> list[str]:

@@ -43,6 +43,7 @@ class RunView:
     val_acc1: dict[int, float] = field(default_factory=dict)
     cumulative_kwh: dict[int, float] = field(default_factory=dict)
     train_acc1: dict[int, float] = field(default_factory=dict)
+    config: str = ""  # what tells this row from another of the same model and variant (comparison_rows' config)
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -140,7 +141,8 @@ def variant_row(view: RunView) -> list[str]:
     fp32 = (f"{num(m.get('fp32_cpu_infer_energy_wh_per_1k_images'))} · {num(m.get('fp32_cpu_infer_images_per_second'), '.1f')}"
             if "fp32_cpu_infer_images_per_second" in m else "")
     return [
-        view.point.variant, view.point.run_id, epochs_cell(view), pct(m.get("test_acc1")), pct(m.get("test_acc5")),
+        view.point.variant + (f" ({view.config})" if view.config else ""), view.point.run_id, epochs_cell(view),
+        pct(m.get("test_acc1")), pct(m.get("test_acc5")),
         wh(m.get("lifecycle_energy_kwh", m.get("energy_kwh"))), wh(m.get("own_energy_kwh", m.get("energy_kwh"))),
         *(energy_to_cell(view, t) for t in THRESHOLDS), num(m.get("infer_energy_wh_per_1k_images")),
         num(m.get("infer_images_per_second"), ".1f"), fp32, num(m.get("params"), ".3f", 1e-6),
