@@ -33,14 +33,16 @@ def store(tmp_path_factory: pytest.TempPathFactory, tiny_data_dir: Path) -> dict
     cmd = [PYTHON, str(ROOT / "mlproject" / "main.py"), "--model", "resnet18", "--variants", "baseline,quantized",
            "--data-dir", str(tiny_data_dir), "--train-subset", "256", "--test-subset", "100", "--experiment", EXPERIMENT,
            *TINY_ARGS]
-    done = subprocess.run(cmd, env={**entry_env(uri), "OMP_NUM_THREADS": "1"}, cwd=tmp, capture_output=True, text=True,
-                          timeout=500)
+    # a measurement lock of its own: this test checks the registry, not energy figures, and must not queue
+    # behind unrelated measured runs on a shared machine
+    env = {**entry_env(uri), "OMP_NUM_THREADS": "1", "GREENSTUDY_ENERGY_LOCK": str(tmp / "energy.lock")}
+    done = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, text=True, timeout=500)
     assert done.returncode == 0, done.stderr[-3000:]
     tune = [PYTHON, str(ROOT / "mlproject" / "tune.py"), "--model", "resnet18", "--variant", "baseline", "--n-trials", "1",
             "--epochs", "1", "--train-subset", "64", "--val-size", "50", "--test-subset", "50", "--batch-size", "32",
             "--max-batch-size", "32", "--lr-scaling", "tuned", "--stop-beta", "0", "--infer-seconds", "0.3",
             "--download", "false", "--data-dir", str(tiny_data_dir), "--experiment", EXPERIMENT]
-    done = subprocess.run(tune, env={**entry_env(uri), "OMP_NUM_THREADS": "1"}, cwd=tmp, capture_output=True, text=True,
+    done = subprocess.run(tune, env=env, cwd=tmp, capture_output=True, text=True,
                           timeout=400)  # a `tune` study beside the `main` run: its trial must not be compared
     assert done.returncode == 0, done.stderr[-3000:]
     experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id

@@ -325,7 +325,8 @@ def test_readme_sequence_main_then_report(tiny_data_dir: Path, tracking_uri: str
     """`mlflow run . --env-manager local -P model=resnet18 ...` then `mlflow run . --env-manager local -e report`:
     no experiment named anywhere, the runs land in Default, and the report finds them there."""
     mlflow_bin = shutil.which("mlflow", path=str(Path(PYTHON).parent)) or "mlflow"
-    env = {**entry_env(tracking_uri), "PATH": f"{Path(PYTHON).parent}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    env = {**entry_env(tracking_uri), "PATH": f"{Path(PYTHON).parent}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
+           "GREENSTUDY_ENERGY_LOCK": str(tmp_path / "energy.lock")}  # checks the report, not energy: no queueing
     params = {"model": "resnet18", "variants": "baseline,quantized", "data_dir": str(tiny_data_dir), "download": "false",
               "epochs": "1", "batch_size": "64", "train_subset": "256", "val_size": "100", "test_subset": "100",
               "infer_seconds": "0.3"}
