@@ -3,11 +3,13 @@
     .venv/bin/python benchmarks/overhead.py --model efficientnet_b0 [--reps 4 --epochs 2 --train-images 2560]
 
 `tracked` is the real code path of a variant's training: a child MLflow run (real SQLite store in a
-temp dir) with its params, greenstudy.variants.fit (one CodeCarbon phase and one log_epoch per epoch),
-the final metrics and the CodeCarbon phase table as an artifact. `plain` builds the same TrainSetup and
-calls the same run_epoch, with nothing tracked. The two alternate (the order flips every repetition)
-and the overhead is the median of the paired ratios tracked/plain - 1. The one-time costs per process
-(CodeCarbon start, creating the store) are printed apart; model logging is not tracking and is left out.
+temp dir) with its params, greenstudy.fitting.fit (a CodeCarbon phase for train and one for validation,
+one log_epoch per epoch), the ledger's final metrics and energy_ledger.csv as an artifact. `plain` builds
+the same TrainSetup and runs the same train_one_epoch + evaluate, with nothing tracked. Left out of both:
+checkpoints (not tracking), the machine lock (waiting on other runs would be noise), model logging.
+The two alternate (the order flips every repetition) and the overhead is the median of the paired
+ratios tracked/plain - 1. The one-time costs per process (CodeCarbon start, creating the store) are
+printed apart.
 """
 
 from __future__ import annotations
@@ -26,31 +28,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mlflow  # noqa: E402
 import torch  # noqa: E402
-from _common import DEFAULT_DATA_DIR, find_data, load_average, machine_line  # noqa: E402
+from _common import DEFAULT_DATA_DIR, find_data, hardware_line, load_average, machine_line  # noqa: E402
 
 from greenstudy.cli import one_line_parser, run_cli  # noqa: E402
 from greenstudy.config import RunConfig  # noqa: E402
+from greenstudy.control import TrainingControl  # noqa: E402
 from greenstudy.data import CifarData, Normalizer, Split  # noqa: E402
 from greenstudy.energy import EnergyMeter  # noqa: E402
 from greenstudy.errors import ConfigError  # noqa: E402
+from greenstudy.fitting import fit  # noqa: E402
+from greenstudy.ledger import Ledger, PhaseEnergy, energy_metrics, write_ledger_csv  # noqa: E402
 from greenstudy.models import build_model  # noqa: E402
+from greenstudy.precision import Precision  # noqa: E402
 from greenstudy.run import contract_params  # noqa: E402
 from greenstudy.tracking import log_final, run_scope  # noqa: E402
 from greenstudy.train import (  # noqa: E402
-    Precision,
     TrainSetup,
+    evaluate,
     make_optimizer,
     make_scheduler,
     resolve_device,
-    run_epoch,
     set_cpu_threads,
     steps_per_epoch,
+    train_one_epoch,
 )
-from greenstudy.variants import Bench, fit  # noqa: E402
 
 
 def plain_training(cfg: RunConfig, data: CifarData, device: torch.device) -> float:
-    """What fit() does, minus every tracking call; returns wall seconds."""
+    """What fit() does (train then validate, each epoch), minus every tracking call; returns wall seconds."""
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, data.num_classes).to(device).to(memory_format=torch.channels_last)
@@ -63,25 +68,26 @@ def plain_training(cfg: RunConfig, data: CifarData, device: torch.device) -> flo
         generator=torch.Generator(device=device).manual_seed(cfg.seed),
     )
     for _ in range(cfg.epochs):
-        run_epoch(setup, data.train, data.val)
+        train_one_epoch(setup, data.train)
+        evaluate(model, data.val, setup.normalize, setup.precision, device)
     return time.perf_counter() - started
 
 
-def tracked_training(bench: Bench, rep: int) -> tuple[float, float]:
-    """The same training as a tracked MLflow child run; returns (wall seconds, seconds inside run_epoch)."""
-    cfg = bench.cfg
+def tracked_training(cfg: RunConfig, data: CifarData, device: torch.device, meter: EnergyMeter, rep: int) -> tuple[float, float]:
+    """The same training as a tracked MLflow child run (greenstudy.fitting.fit: one CodeCarbon phase for
+    train and one for validation per epoch, per-epoch metrics; then the ledger's final metrics and its CSV);
+    returns (wall seconds, seconds inside the measured train/val phases)."""
     started = time.perf_counter()
-    with run_scope(f"overhead-{rep}", cfg.experiment_name, nested=True, tags={"variant": "baseline"}):
-        mlflow.log_params(contract_params(cfg, "baseline", bench.device))
+    ledger: list[PhaseEnergy] = []
+    with run_scope(f"overhead-{rep}", cfg.experiment_name, nested=True, tags={"variant": "baseline", "kind": "variant"}):
+        mlflow.log_params(contract_params(cfg, "baseline", device))
         torch.manual_seed(cfg.seed)
-        model = build_model(cfg.model, bench.data.num_classes)
-        train = fit(bench, model, Precision(), cfg.epochs, cfg.lr, f"rep{rep}")
-        log_final({"train_energy_kwh": train.energy_kwh, "train_emissions_kg": train.emissions_kg,
-                   "train_seconds": train.seconds})
+        model = build_model(cfg.model, data.num_classes).to(device).to(memory_format=torch.channels_last)
+        fit(cfg, data, meter, model, Precision(), cfg.epochs, cfg.lr, f"{cfg.model}/overhead{rep}", ledger, TrainingControl(), None)
+        log_final(energy_metrics(Ledger(ledger)))
         with tempfile.TemporaryDirectory() as tmp:
-            mlflow.log_artifact(str(bench.meter.write_csv(Path(tmp) / "codecarbon_phases.csv")))
-    inside = sum(m["epoch_seconds"] for m in bench.histories[f"rep{rep}"])
-    return time.perf_counter() - started, inside
+            mlflow.log_artifact(str(write_ledger_csv(Path(tmp) / "energy_ledger.csv", Ledger(ledger))))
+    return time.perf_counter() - started, sum(phase.seconds for phase in ledger)
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -94,7 +100,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--reps", type=int, default=4, help="pairs (plain, tracked) to run")
-    parser.add_argument("--measure-power-secs", type=float, default=15.0)
     args = parser.parse_args(argv)
     for name in ("train_images", "val_images", "epochs", "batch_size", "reps"):
         if getattr(args, name) < 1:
@@ -104,8 +109,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
-    cfg = RunConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=0.05,
-                    measure_power_secs=args.measure_power_secs, device=args.device, experiment="greenstudy-overhead")
+    cfg = RunConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=0.05, device=args.device,
+                    compile="false", experiment="greenstudy-overhead")
     device = resolve_device(cfg.device)
     if device.type == "cpu":
         set_cpu_threads()
@@ -120,26 +125,25 @@ def main(argv: list[str] | None = None) -> int:
         full.test.subset(1), full.num_classes, full.class_names, full.source, full.mean, full.std,
     ).to(device)
     print(f"greenstudy tracking overhead: {args.model}, {args.epochs} epochs x {args.train_images} images "
-          f"(+{args.val_images} validation), batch {args.batch_size}, {args.reps} alternating pairs, "
-          f"measure_power_secs={args.measure_power_secs:g}")
+          f"(+{args.val_images} validation), batch {args.batch_size}, {args.reps} alternating pairs")
     print(f"data: {full.source}")
     print(machine_line(device))
+    print(hardware_line(device))
 
     with tempfile.TemporaryDirectory() as store:
         mlflow.set_tracking_uri(f"sqlite:///{Path(store) / 'mlflow.db'}")
         started = time.perf_counter()
-        meter = EnergyMeter(measure_power_secs=args.measure_power_secs)
+        meter = EnergyMeter(device)
         meter.start()
         codecarbon_start = time.perf_counter() - started
         started = time.perf_counter()
-        bench = Bench(cfg, data, data, device, meter)
         plain_training(cfg.replace(epochs=1), data, device)  # warm-up (allocator, first-call costs)
         warm = time.perf_counter() - started
         started = time.perf_counter()
         with run_scope("overhead", cfg.experiment_name, tags={"kind": "parent"}):
             store_init = time.perf_counter() - started
             started = time.perf_counter()
-            tracked_training(bench, -1)  # warm-up: first-call imports and caches of the tracking path
+            tracked_training(cfg, data, device, meter, -1)  # warm-up: first-call imports and caches of the tracking path
             first_tracked = time.perf_counter() - started
             plain_s, tracked_s, inside_s = [], [], []
             for rep in range(args.reps):
@@ -147,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                     if which == "plain":
                         plain_s.append(plain_training(cfg, data, device))
                     else:
-                        wall, inside = tracked_training(bench, rep)
+                        wall, inside = tracked_training(cfg, data, device, meter, rep)
                         tracked_s.append(wall)
                         inside_s.append(inside)
                 print(f"  pair {rep + 1}/{args.reps}: plain {plain_s[-1]:.2f} s, tracked {tracked_s[-1]:.2f} s "
@@ -163,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tracked runs FINISHED in the store: {len(finished) - 2} of {args.reps} (plus the parent and the warm-up)")
     print(f"median plain {statistics.median(plain_s):.2f} s, median tracked {statistics.median(tracked_s):.2f} s")
     print("paired ratios tracked/plain - 1: " + ", ".join(f"{100 * r:+.1f} %" for r in ratios))
-    print(f"time in tracking calls (tracked wall - its epochs): median {100 * statistics.median(bookkeeping):.2f} % of training")
+    print(f"time in tracking calls (tracked wall - its train/val phases): median {100 * statistics.median(bookkeeping):.2f} % of training")
+    print(hardware_line(device))
     print(f"overhead = {100 * statistics.median(ratios):.1f} %")
     print(f"load average at the end: {load_average()}")
     return 0

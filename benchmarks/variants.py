@@ -4,8 +4,10 @@
 
 Runs greenstudy.run.run_main (the real thing: a parent MLflow run with one child per variant, in a
 SQLite store in a temp dir unless --tracking-uri is given) and prints, per variant: top-1 accuracy and
-its delta to baseline, total energy and its ratio, inference images/s and energy per 1,000 images
-and their ratios, model size and its ratio, MACs. All figures are the ones the child runs logged.
+its delta to baseline, own energy (train + val + setup + test, not inference) and its ratio, lifecycle
+energy (own + the baseline's for pruned/quantized), inference images/s and energy per 1,000 images and
+their ratios, model size and its ratio, MACs. All figures are the ones the child runs logged. A variant
+the hardware does not run natively (amp on an AVX2-only CPU) is listed as SKIPPED with its reason.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mlflow  # noqa: E402
-from _common import DEFAULT_DATA_DIR, load_average, machine_line  # noqa: E402
+from _common import DEFAULT_DATA_DIR, hardware_line, load_average, machine_line  # noqa: E402
 
 from greenstudy.cli import one_line_parser, run_cli  # noqa: E402
 from greenstudy.config import RunConfig, parse_variants  # noqa: E402
@@ -39,11 +41,11 @@ def parse(argv: list[str]) -> tuple[RunConfig, str]:
     add("--val-size", type=int, default=500)
     add("--test-subset", type=int, default=1000)
     add("--batch-size", type=int, default=128)
-    add("--infer-batches", type=int, default=10)
+    add("--infer-seconds", type=float, default=5.0, help="inference benchmark window per variant")
     add("--calib-batches", type=int, default=8)
     add("--finetune-epochs", type=int, default=-1)
     add("--variants", default="baseline,amp,pruned,quantized")
-    add("--measure-power-secs", type=float, default=15.0)
+    add("--amp-dtype", default="auto", help="auto (native only), bf16 or fp16 (forced, even emulated)")
     add("--tracking-uri", default="", help="MLflow store to keep the runs in (default: a temp SQLite store)")
     args = vars(parser.parse_args(argv))
     args["variants"] = parse_variants(args["variants"])
@@ -59,26 +61,27 @@ def _ratio(value: float | None, base: float | None) -> str:
     return f"{value / base:.2f}x"
 
 
+def _row(child: ChildOutcome, base: dict[str, float]) -> str:
+    m = child.metrics
+    delta = m["test_acc1"] - base["test_acc1"] if base else float("nan")
+    return (
+        f"{child.variant:<10} {child.status:<8} {m['test_acc1']:>7.2f} {delta:>+6.2f} {m['energy_kwh'] * 1000:>8.3f} "
+        f"{_ratio(m['energy_kwh'], base.get('energy_kwh')):>6} {m['lifecycle_energy_kwh'] * 1000:>9.3f} "
+        f"{m['infer_images_per_second']:>11.0f} {_ratio(m['infer_images_per_second'], base.get('infer_images_per_second')):>6} "
+        f"{m['infer_energy_wh_per_1k_images']:>11.4f} "
+        f"{_ratio(m['infer_energy_wh_per_1k_images'], base.get('infer_energy_wh_per_1k_images')):>6} "
+        f"{m['model_size_mb']:>7.2f} {_ratio(m['model_size_mb'], base.get('model_size_mb')):>6} {m['macs'] / 1e6:>7.1f}"
+    )
+
+
 def table(children: list[ChildOutcome]) -> list[str]:
-    """One row per variant; ratios against the baseline child."""
+    """One row per variant; ratios against the baseline child; a skipped or failed variant shows its reason."""
     base = next((c.metrics for c in children if c.variant == "baseline" and c.status == "FINISHED"), {})
-    header = (f"{'variant':<10} {'status':<8} {'acc1 %':>7} {'d acc':>6} {'energy Wh':>10} {'x':>6} {'infer img/s':>12} "
-              f"{'x':>6} {'infer Wh/1k':>12} {'x':>6} {'size MB':>8} {'x':>6} {'MACs M':>8}")
+    header = (f"{'variant':<10} {'status':<8} {'acc1 %':>7} {'d acc':>6} {'own Wh':>8} {'x':>6} {'life Wh':>9} "
+              f"{'infer img/s':>11} {'x':>6} {'infer Wh/1k':>11} {'x':>6} {'size MB':>7} {'x':>6} {'MACs M':>7}")
     lines = [header, "-" * len(header)]
     for child in children:
-        m = child.metrics
-        if child.status != "FINISHED":
-            lines.append(f"{child.variant:<10} {child.status:<8} {child.error}")
-            continue
-        delta = m["test_acc1"] - base["test_acc1"] if base else float("nan")
-        lines.append(
-            f"{child.variant:<10} {child.status:<8} {m['test_acc1']:>7.2f} {delta:>+6.2f} {m['energy_kwh'] * 1000:>10.3f} "
-            f"{_ratio(m['energy_kwh'], base.get('energy_kwh')):>6} {m['infer_images_per_second']:>12.0f} "
-            f"{_ratio(m['infer_images_per_second'], base.get('infer_images_per_second')):>6} "
-            f"{m['infer_energy_wh_per_1k_images']:>12.4f} "
-            f"{_ratio(m['infer_energy_wh_per_1k_images'], base.get('infer_energy_wh_per_1k_images')):>6} "
-            f"{m['model_size_mb']:>8.2f} {_ratio(m['model_size_mb'], base.get('model_size_mb')):>6} {m['macs'] / 1e6:>8.1f}"
-        )
+        lines.append(_row(child, base) if child.status == "FINISHED" else f"{child.variant:<10} {child.status:<8} {child.error}")
     quantized = next((c.metrics for c in children if c.variant == "quantized" and c.status == "FINISHED"), None)
     if quantized and "fp32_cpu_infer_images_per_second" in quantized:
         lines.append(
@@ -87,8 +90,8 @@ def table(children: list[ChildOutcome]) -> list[str]:
             f"{quantized['infer_energy_wh_per_1k_images'] / quantized['fp32_cpu_infer_energy_wh_per_1k_images']:.2f}x "
             "energy per 1k images"
         )
-    lines.append("(energy = the child's whole energy: training + evaluation + inference benchmark; the quantized child's "
-                 "training energy is its calibration)")
+    lines.append("(own Wh = the child's energy_kwh: train + val + setup (compile, prune, calibrate) + test, not inference; "
+                 "life Wh = lifecycle_energy_kwh: own + the baseline's for pruned and quantized)")
     return lines
 
 
@@ -99,10 +102,13 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
         print(f"greenstudy variants benchmark: {cfg.model}, {cfg.epochs} epochs on {cfg.train_subset or 'all'} training "
               f"images, test on {cfg.test_subset or 'all'}, batch {cfg.batch_size}, variants {','.join(cfg.variants)}")
-        print(machine_line(resolve_device(cfg.device)))
-        outcome = run_main(cfg)
+        device = resolve_device(cfg.device)
+        print(machine_line(device))
+        print(hardware_line(device))
+        outcome = run_main(cfg.replace(checkpoint_dir=str(Path(store) / "checkpoints")))
         print(f"data: {mlflow.get_run(outcome.parent_run_id).data.tags.get('data_source')}")
         print()
+        print(hardware_line(device))
         print("\n".join(table(outcome.children)))
         print(f"load average at the end: {load_average()}")
     return 1 if outcome.failed else 0

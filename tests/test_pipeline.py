@@ -164,8 +164,7 @@ def test_overhead_benchmark_tracks_real_runs_and_prints_the_overhead(tiny_data_d
     """A tiny real run of benchmarks/overhead.py: its tracked trainings land FINISHED in a real store."""
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "overhead.py"), "--data-dir", str(tiny_data_dir),
-         "--train-images", "64", "--val-images", "32", "--epochs", "1", "--reps", "1", "--batch-size", "32",
-         "--measure-power-secs", "1"],
+         "--train-images", "64", "--val-images", "32", "--epochs", "1", "--reps", "1", "--batch-size", "32"],
         capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
