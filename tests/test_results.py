@@ -16,9 +16,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.image  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
+import optuna  # noqa: E402
 import pytest  # noqa: E402
 from mlflow.entities import Metric, Param  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
+from optuna.distributions import CategoricalDistribution  # noqa: E402
 
 from greenstudy.comparison import RunPoint  # noqa: E402
 from greenstudy.data import write_synthetic_cifar  # noqa: E402
@@ -207,6 +209,19 @@ def test_interrupted_runs_failures_and_the_study_are_listed(tracking_uri: str, t
     assert "-P batch_size=" not in tune  # 128 is the default reference batch size
     assert (out / "pareto.csv").read_text() == (artifacts / "pareto.csv").read_text()
     assert (out / "pareto_front.png").read_bytes() == (artifacts / "pareto_front.png").read_bytes()
+
+    # with its Optuna storage the front is read from the study itself (here: trial 1 alone, a different front)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study_obj = optuna.create_study(study_name="s", storage=storage, directions=["maximize", "minimize"])
+    dist = {"batch_size": CategoricalDistribution([64, 128])}
+    for number, (bs, acc, energy) in enumerate(((64, 20.0, 0.022), (128, 25.0, 0.011))):
+        study_obj.add_trial(optuna.trial.create_trial(params={"batch_size": bs}, distributions=dist, values=[acc, energy],
+                                                      user_attrs={"lr": 0.1, "mlflow_run_id": trials[number]}))
+    section = regenerate([EXPERIMENT], out, study_name="s", storage=storage).read_text().split("## Batch-size study")[1]
+    assert "front read from Optuna storage" in section
+    assert [r["run id"] for r in table_rows(section, "| trial | batch size |")][:2] == [trials[1], trials[0]]  # front, all
+    with (out / "pareto.csv").open() as handle:
+        assert [r["run_id"] for r in csv.DictReader(handle)] == [trials[1]]
 
 
 # ---------------------------------------------------------------- pure parts
