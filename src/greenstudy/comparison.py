@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from greenstudy.errors import ConfigError
 from greenstudy.pareto import pareto_front
@@ -59,6 +60,14 @@ ENERGY_NOTE = (
     "it; comparison.csv also holds own_energy_kwh and upstream_energy_kwh. Inference is reported per 1,000 "
     "images only. × = ratio and Δ = difference against the baseline of the same model and training config."
 )
+
+
+class RunLike(Protocol):
+    """What is read of an `mlflow.entities.Run` (info: run_id, run_name, status, start_time; data: tags,
+    metrics, params)."""
+
+    info: Any
+    data: Any
 
 
 @dataclass(frozen=True)
@@ -111,7 +120,7 @@ class Curve:
 # ---------------------------------------------------------------- selecting runs
 
 
-def classify(runs: Iterable[object], include_trials: bool = False) -> tuple[list[RunPoint], list[Skipped]]:
+def classify(runs: Iterable[RunLike], include_trials: bool = False) -> tuple[list[RunPoint], list[Skipped]]:
     """Split runs into reportable points and skipped child runs with a reason. Compared: the `main`
     entry point's children (tag kind=variant), and Optuna trials (kind=trial) only if `include_trials`.
     Parents, studies, reports and (unless asked for) trials are ignored; a run with a `variant` tag but no
@@ -135,7 +144,7 @@ def classify(runs: Iterable[object], include_trials: bool = False) -> tuple[list
     return points, skipped
 
 
-def skip_reason(run: object) -> str:
+def skip_reason(run: RunLike) -> str:
     """Why a child run cannot be compared ('' when it can)."""
     tags, metrics, status = run.data.tags, run.data.metrics, run.info.status
     if status != "FINISHED":
@@ -216,26 +225,30 @@ def comparison_rows(points: Sequence[RunPoint], aggregate: str = "latest") -> li
     if aggregate not in AGGREGATES:
         raise ConfigError(f"unknown aggregate {aggregate!r}: choose one of {', '.join(AGGREGATES)}")
     shown = varying_config(points)
-    rows, bases = [], {}
     groups = sorted(grouped(points).items(), key=lambda kv: (kv[0][0], variant_rank(kv[0][1]), kv[0][2]))
-    for (model, variant, key), members in groups:
-        latest = max(members, key=lambda p: p.start_time)
-        used = members if aggregate == "mean" else [latest]
-        config = " ".join(f"{n}={v}" for n, v in key if n in shown)
-        row: dict[str, object] = {"model": model, "variant": variant, "config": config, "n_runs": len(members),
-                                  "run_id": latest.run_id, "energy_basis": _basis(used)}
-        values = [run_values(p) for p in used]
-        for name in TABLE_METRICS:
-            row[name] = _blank_nan(sum(v[name] for v in values) / len(values))
-        rows.append(row)
-        if variant == "baseline":
-            bases.setdefault((model, config_key(latest, TRAINING_PARAMS)), row)
-        row["_training_key"] = (model, config_key(latest, TRAINING_PARAMS))
-    for row in rows:
-        base = bases.get(row.pop("_training_key"))
+    rows = [_row(model, variant, key, members, aggregate, shown) for (model, variant, key), members in groups]
+    training = [(model, config_key(max(members, key=lambda p: p.start_time), TRAINING_PARAMS))
+                for (model, _, _), members in groups]
+    bases: dict[tuple, dict[str, object]] = {}
+    for row, trained_as in zip(rows, training, strict=True):
+        if row["variant"] == "baseline":
+            bases.setdefault(trained_as, row)
+    for row, trained_as in zip(rows, training, strict=True):
+        base = bases.get(trained_as)
         for column, (metric, how) in BASELINE_COMPARISONS.items():
             row[column] = _compare(row[metric], base[metric], how) if base else ""
     return rows
+
+
+def _row(model: str, variant: str, key: tuple, members: list[RunPoint], aggregate: str, shown: list[str]) -> dict[str, object]:
+    latest = max(members, key=lambda p: p.start_time)
+    used = members if aggregate == "mean" else [latest]
+    row: dict[str, object] = {"model": model, "variant": variant, "config": " ".join(f"{n}={v}" for n, v in key if n in shown),
+                              "n_runs": len(members), "run_id": latest.run_id, "energy_basis": _basis(used)}
+    values = [run_values(p) for p in used]
+    for name in TABLE_METRICS:
+        row[name] = _blank_nan(sum(v[name] for v in values) / len(values))
+    return row
 
 
 def _basis(points: Sequence[RunPoint]) -> str:
