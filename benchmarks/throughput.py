@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -294,6 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def paired(result: Result, usual: Result) -> float:
+    """Median over rounds of this configuration's images/s over the usual recipe's in the same round."""
+    return statistics.median(mine / theirs for mine, theirs in zip(result.rounds, usual.rounds, strict=True))
+
+
 def print_report(
     args: argparse.Namespace, results: dict[str, Result], runners: list, macs: int, peaks: dict[str, float],
     peak_sizes: dict[str, int], energy_method: str, hardware: str, choice: PrecisionChoice,
@@ -310,7 +316,8 @@ def print_report(
     if not choice.runs:
         print(f"skipped: mixed precision ({choice.reason.replace('amp_dtype=', '--amp-dtype ')})")
     print()
-    header = f"{'configuration':<40} {'img/s':>8} {'per round':>20} {'Wh/1k img':>10} {'speed':>6} {'energy':>7} {'MFU':>6}"
+    header = (f"{'configuration':<40} {'img/s':>8} {'per round':>20} {'Wh/1k img':>10} {'speed':>6} {'paired':>6} "
+              f"{'energy':>7} {'MFU':>6}")
     print(header)
     print("-" * len(header))
     for result in [usual, *ours]:
@@ -319,14 +326,16 @@ def print_report(
         mfu = flop_per_image * result.images_per_second / peaks[result.precision]
         per_round = "/".join(f"{r:.0f}" for r in result.rounds)
         print(f"{result.label:<40} {result.images_per_second:>8.1f} {per_round:>20} {result.wh_per_1k:>10.4f} "
-              f"{speed:>6.2f} {energy:>7.2f} {100 * mfu:>5.1f}%")
-    print("(speed and energy relative to the usual recipe; MFU = achieved training FLOP/s over the matmul peak of its precision)")
+              f"{speed:>6.2f} {paired(result, usual):>6.2f} {energy:>7.2f} {100 * mfu:>5.1f}%")
+    print("(speed and energy relative to the usual recipe; paired = median over rounds of the speed ratio within a round, "
+          "steadier than speed on a loaded machine; MFU = achieved training FLOP/s over the matmul peak of its precision)")
     print()
     print(hardware)
     print(f"fp32 = {fp32.label}")
     print(f"best = {best.label}")
     print(f"fp32/usual = {fp32.images_per_second / usual.images_per_second:.2f}")
     print(f"best/usual = {best.images_per_second / usual.images_per_second:.2f}")
+    print(f"paired fp32/usual = {paired(fp32, usual):.2f}, paired best/usual = {paired(best, usual):.2f} (median of per-round ratios)")
     if usual.wh_per_1k:
         print(f"energy per 1k images: fp32 {fp32.wh_per_1k / usual.wh_per_1k:.2f}x, "
               f"best {best.wh_per_1k / usual.wh_per_1k:.2f}x the usual recipe's")

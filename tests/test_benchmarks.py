@@ -78,6 +78,7 @@ def test_this_machine_measures_its_native_precision_beside_its_capability(
     assert hardware[1] < table and table < hardware[2] < ratio
     assert len(_rows(lines)) == 2 + len(mixed_rows)
     assert _ratios(lines)["best/usual"] >= _ratios(lines)["fp32/usual"] > 0
+    assert len([line for line in lines if line.startswith("paired fp32/usual = ")]) == 1
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -100,3 +101,10 @@ def test_fit_budget_cuts_steps_and_rounds_to_the_time_left() -> None:
     assert throughput.fit_budget(16, 4, step_seconds=10.0, pause_s=0.0, left_s=100.0) == (10, 4)
     assert throughput.fit_budget(16, 4, step_seconds=10.0, pause_s=5.0, left_s=100.0) == (8, 4)
     assert throughput.fit_budget(16, 4, step_seconds=60.0, pause_s=0.0, left_s=100.0) == (1, 1)
+
+
+def test_paired_speed_is_the_median_of_per_round_ratios() -> None:
+    """A slow round for everyone (machine busy) leaves the paired ratio alone; the summed speed moves."""
+    usual = throughput.Result("usual", "fp32", rounds=[10.0, 10.0, 2.0])
+    ours = throughput.Result("ours", "fp32", rounds=[20.0, 30.0, 5.0])
+    assert throughput.paired(ours, usual) == pytest.approx(2.5)
