@@ -25,7 +25,7 @@ from optuna.distributions import CategoricalDistribution  # noqa: E402
 from greenstudy.comparison import RunPoint  # noqa: E402
 from greenstudy.data import write_synthetic_cifar  # noqa: E402
 from greenstudy.params import main_parser, parse_main  # noqa: E402
-from greenstudy.results import regenerate  # noqa: E402
+from greenstudy.results import make_command, regenerate  # noqa: E402
 from greenstudy.results_tables import (  # noqa: E402
     NOT_REACHED,
     THRESHOLDS,
@@ -219,6 +219,7 @@ def test_interrupted_runs_failures_and_the_study_are_listed(tracking_uri: str, t
                                                       user_attrs={"lr": 0.1, "mlflow_run_id": trials[number]}))
     section = regenerate([EXPERIMENT], out, study_name="s", storage=storage).read_text().split("## Batch-size study")[1]
     assert "front read from Optuna storage" in section
+    assert f"`make results EXPERIMENT={EXPERIMENT} STUDY=s STORAGE={storage}`" in (out / "README.md").read_text()
     assert [r["run id"] for r in table_rows(section, "| trial | batch size |")][:2] == [trials[1], trials[0]]  # front, all
     with (out / "pareto.csv").open() as handle:
         assert [r["run_id"] for r in csv.DictReader(handle)] == [trials[1]]
@@ -248,3 +249,8 @@ def test_command_keeps_non_defaults_and_quotes() -> None:
                                         "variants": "baseline,amp", "cpu_power_w": "None", "data_dir": "/a b"}, "exp x")
     assert line == ("mlflow run . --env-manager local --experiment-name 'exp x' -P model=resnet18 -P data_dir='/a b' "
                     "-P epochs=20 -P batch_size=256 -P variants=baseline,amp")
+
+
+def test_regeneration_command_never_shows_credentials() -> None:
+    line = make_command(["a", "b c"], "s", "postgresql+psycopg2://tuner:secret@db-host:5432/optuna")
+    assert line == "make results EXPERIMENT='a,b c' STUDY=s STORAGE=postgresql+psycopg2://db-host:5432/optuna"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -51,6 +52,7 @@ EXTRA_COLUMNS = ("test_acc5", "epochs_run", "train_seconds", *(f"energy_to_{t:g}
                  "fp32_cpu_infer_energy_wh_per_1k_images", "fp32_cpu_infer_images_per_second")
 SETUP_TAGS = ("cpu_model", "cpu_capability", "cpu_cores", "device", "gpu_model", "energy_method", "codecarbon_version",
               "data_source")
+CORE_TAGS = ("cpu_cores", "cpu_count", "cpu_threads", "torch_threads")  # whichever the runs carry
 UNFINISHED = ("RUNNING", "KILLED")
 CONFIG_NOT_PARAMS = ("experiment", "extra_tags", "resume")  # RunConfig fields that are no `-P` of the main entry point
 RESUME_ALWAYS = ("model", "variants", "epochs", "resume", "checkpoint_dir")
@@ -121,11 +123,16 @@ def _when(ms: int | None) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M UTC") if ms else "?"
 
 
+def setup_value(tags: dict[str, str], name: str) -> str:
+    names = CORE_TAGS if name == "cpu_cores" else (name,)
+    return next((tags[n] for n in names if tags.get(n)), "not logged")
+
+
 def setup_section(c: Collected) -> list[str]:
     shown = [v.point for v in c.views]
     setups: dict[tuple[str, ...], list[str]] = {}
     for p in shown:
-        setups.setdefault(tuple(p.tags.get(t, "not logged") for t in SETUP_TAGS), []).append(p.run_id)
+        setups.setdefault(tuple(setup_value(p.tags, t) for t in SETUP_TAGS), []).append(p.run_id)
     table = markdown([*SETUP_TAGS, "runs"], [[*key, ", ".join(ids)] for key, ids in setups.items()])
     children = [r for r in c.runs if r.info.run_id in {p.run_id for p in shown}]
     commits = sorted({r.data.tags.get("mlflow.source.git.commit", "") for r in children} - {""})
@@ -135,7 +142,7 @@ def setup_section(c: Collected) -> list[str]:
         f"{_when(max((r.info.end_time or 0 for r in children), default=0))}",
         f"- code commit of the runs: {', '.join(commits) if commits else 'not recorded (started outside `mlflow run`)'}; "
         f"this folder regenerated at commit {git_commit()}",
-        "- cpu_cores: `not logged` where the runs carry no cpu_cores tag", "", table,
+        f"- cpu_cores: the runs' tag {' / '.join(CORE_TAGS)}; `not logged` where they carry none", "", table,
     ]
 
 
@@ -256,6 +263,12 @@ def pictures_section() -> list[str]:
 # ---------------------------------------------------------------- writing the folder
 
 
+def make_command(experiments: Sequence[str], study_name: str, storage: str) -> str:
+    """The `make results` line that regenerates this folder (a storage shown without credentials)."""
+    extra = (f" STUDY={shlex.quote(study_name)}" if study_name else "") + (f" STORAGE={shlex.quote(safe_uri(storage))}" if storage else "")
+    return f"make results EXPERIMENT={shlex.quote(','.join(experiments))}{extra}"
+
+
 def regenerate(experiments: Sequence[str], out: Path, study_name: str = "", storage: str = "") -> Path:
     """Rebuild `out` (README.md, CSVs, PNGs) from the experiment(s); returns the README path."""
     if not experiments:
@@ -276,8 +289,8 @@ def regenerate(experiments: Sequence[str], out: Path, study_name: str = "", stor
     names = ", ".join(f"`{e.name}`" for e in c.experiments)
     parts = [
         "# greenstudy results", "",
-        f"Generated {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')} by `make results EXPERIMENT=...` "
-        f"(`python -m greenstudy.results`) from MLflow experiment(s) {names} at `{safe_uri(mlflow.get_tracking_uri())}`. "
+        f"Generated {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')} by `{make_command(experiments, study_name, storage)}` "
+        f"(= `python -m greenstudy.results`) from MLflow experiment(s) {names} at `{safe_uri(mlflow.get_tracking_uri())}`. "
         "Do not edit by hand: every number comes from the MLflow run whose id is in its row.", "",
         *setup_section(c), "", *command_section(client, c), "", *variants_section(c), *poster_section(c),
         *study_section(sections), *pictures_section(), *progress_section(client, c), *skipped_section(c),
