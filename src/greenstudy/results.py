@@ -38,6 +38,7 @@ from greenstudy.results_tables import (
     THRESHOLDS,
     RunView,
     command_line,
+    data_dir_of,
     energy_to,
     markdown,
     pct,
@@ -170,9 +171,8 @@ def main_params(client: MlflowClient, parent: Run) -> dict[str, str]:
     finished = [r for r in children if r.info.status == "FINISHED"]
     params.update(saved_config(client, finished[0].info.run_id) if finished else {})
     params.update(parent.data.params)
-    source = parent.data.tags.get("data_source", "")
-    if "data_dir" not in params and ":" in source:
-        params["data_dir"] = str(Path(source.split(":", 1)[1]).parent)
+    if "data_dir" not in params and data_dir_of(parent.data.tags):
+        params["data_dir"] = data_dir_of(parent.data.tags)
     return params
 
 

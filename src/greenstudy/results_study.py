@@ -17,7 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from greenstudy.pareto import pareto_front
-from greenstudy.results_tables import command_line, markdown, num, pct, wh
+from greenstudy.results_tables import command_line, data_dir_of, markdown, num, pct, wh
 from greenstudy.tracking import write_dict_csv
 
 FRONT_PICTURES = ("pareto_front.png", "energy_to_target.png")
@@ -119,6 +119,8 @@ def tune_command(client: MlflowClient, study: Run, trials: Sequence[Run]) -> str
 
     params = {k: v for t in trials[:1] for k, v in t.data.params.items() if k not in TRIAL_VARYING}
     params.update({PARAM_RENAMES.get(k, k): v for k, v in study.data.params.items() if k != "batch_size_choices"})
+    if "data_dir" not in params and data_dir_of(study.data.tags):
+        params["data_dir"] = data_dir_of(study.data.tags)  # trials log no data_dir: where the data was found
     experiment = client.get_experiment(study.info.experiment_id).name
     return command_line(tune_parser(), params, experiment, entry="tune",
                         always=("model", "n_trials", "epochs", "study_name", "sampler_seed"))

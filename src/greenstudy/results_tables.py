@@ -9,6 +9,7 @@ import math
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import PurePath
 
 from greenstudy.comparison import RunPoint
 
@@ -222,6 +223,13 @@ def poster_caveats(views: Sequence[RunView]) -> list[str]:
 
 
 # ---------------------------------------------------------------- commands rebuilt from params
+
+
+def data_dir_of(tags: Mapping[str, str]) -> str:
+    """The folder holding the CIFAR folder a run read, from its data_source tag ('' when unknown): where
+    the data was extracted, which a later run finds too."""
+    source = tags.get("data_source", "")
+    return str(PurePath(source.split(":", 1)[1]).parent) if ":" in source else ""
 
 
 def _same(value: str, default: object) -> bool:
