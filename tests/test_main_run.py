@@ -293,6 +293,9 @@ def test_ctrl_c_marks_runs_killed_with_metrics(signum: int, tiny_data_dir: Path,
     statuses = {run.data.tags.get("kind", "child"): run.info.status for run in _runs(client, "kill")}
     assert statuses == {"parent": "KILLED", "variant": "KILLED"}
     assert len(client.get_metric_history(child.info.run_id, "train_loss")) >= 1
+    killed = client.get_run(child.info.run_id)  # what it spent up to the interruption is kept
+    assert killed.data.metrics["energy_kwh"] >= killed.data.metrics["train_energy_kwh"] > 0
+    assert killed.data.metrics["interrupted_energy_kwh"] > 0
 
 
 def test_two_runs_at_once_never_measure_together(tiny_data_dir: Path, tracking_uri: str, tmp_path: Path) -> None:

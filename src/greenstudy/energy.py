@@ -167,6 +167,9 @@ class EnergyMeter:
             self._sync()
             result.seconds = time.perf_counter() - began
             data = self._tracker.stop_task(name)
+            # 3.3.2 leaves a stopped task marked active: forget it, or tracker.stop() "stops" every past
+            # task again and logs an ERROR per phase (and a later phase of the same name would collide)
+            self._tracker._tasks.pop(name, None)
             if data is None or not data.energy_consumed or data.energy_consumed <= 0:
                 # CodeCarbon 3.3.2 reports a *zero delta* (logged, not raised) for a task it lost track of
                 raise MissingEnergyReading(f"phase {name}: CodeCarbon returned no energy reading ({'none' if data is None else '0 kWh'})")

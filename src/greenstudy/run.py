@@ -18,7 +18,7 @@ from greenstudy.control import TrainingControl
 from greenstudy.data import CifarData, load_cifar
 from greenstudy.energy import EnergyMeter, machine_lock
 from greenstudy.errors import VariantSkipped
-from greenstudy.ledger import write_ledger_csv
+from greenstudy.ledger import Ledger, energy_metrics, write_ledger_csv
 from greenstudy.precision import cpu_capability, describe
 from greenstudy.progress import duration, say
 from greenstudy.record import Upstream, VariantRecord, record_metrics
@@ -146,7 +146,12 @@ def run_variant(
             if checkpointer:
                 mlflow.set_tag("checkpoint", str(checkpointer.path))
             job = VariantJob(bench, control, checkpointer, resume, upstream if variant in DERIVED else None, lean)
-            record = VARIANT_RUNNERS[variant](job)
+            try:
+                record = VARIANT_RUNNERS[variant](job)
+            except (Exception, KeyboardInterrupt) as exc:
+                if not isinstance(exc, VariantSkipped):
+                    _log_partial_energy(job)
+                raise
             metrics = log_record(record, cfg, lean)
             if checkpointer:
                 checkpointer.remove()
@@ -161,6 +166,19 @@ def run_variant(
     except Exception as exc:  # noqa: BLE001 - one variant failing must not stop the others
         say(f"[{cfg.model}/{variant}] FAILED: {type(exc).__name__}: {exc}")
         return ChildOutcome(variant, run_id, "FAILED", error=f"{type(exc).__name__}: {exc}", control=control)
+
+
+def _log_partial_energy(job: VariantJob) -> None:
+    """A failed or interrupted run keeps what it spent: the energy of every phase it measured."""
+    if not job.ledger:
+        return
+    upstream = job.upstream.ledger if job.upstream else None
+    try:
+        log_final(energy_metrics(Ledger(job.ledger), upstream))
+        with tempfile.TemporaryDirectory() as tmp:
+            mlflow.log_artifact(str(write_ledger_csv(Path(tmp) / "energy_ledger.csv", Ledger(job.ledger), upstream)))
+    except Exception as exc:  # noqa: BLE001 - the original error is what the run must report
+        say(f"(could not log the partial energy ledger: {type(exc).__name__}: {exc})")
 
 
 def _headline(metrics: dict[str, float]) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -51,6 +51,7 @@ class VariantJob:
     resume: dict[str, object] | None = None
     upstream: Upstream | None = None
     lean: bool = False  # a study trial: no test evaluation, inference benchmark or model
+    ledger: list[PhaseEnergy] = field(default_factory=list)  # every phase measured so far (kept if the run fails)
 
 
 def _normalizer(bench: Bench, device: torch.device, channels_last: bool) -> Normalizer:
@@ -95,8 +96,9 @@ def finish(job: VariantJob, record: VariantRecord, precision: Precision, label: 
 def _train_fresh(job: VariantJob, precision: Precision, label: str) -> VariantRecord:
     """Baseline and amp: a model trained from scratch (or from this run's checkpoint)."""
     cfg, bench = job.bench.cfg, job.bench
-    ledger: list[PhaseEnergy] = list(job.resume["ledger"]) if job.resume else []
+    ledger = job.ledger
     if job.resume:
+        ledger.extend(job.resume["ledger"])
         model = job.resume["model"]
     else:
         torch.manual_seed(cfg.seed)
@@ -161,11 +163,11 @@ def run_pruned(job: VariantJob) -> VariantRecord:
     upstream = _require_upstream(job, "pruned")
     label = f"{cfg.model}/pruned"
     macs_before, params_before = count_macs_params(upstream.model)
+    ledger = job.ledger
     if job.resume:
-        ledger: list[PhaseEnergy] = list(job.resume["ledger"])
+        ledger.extend(job.resume["ledger"])
         model = job.resume["model"].to(bench.device)
     else:
-        ledger = []
         model = copy.deepcopy(upstream.model).to(bench.device, memory_format=torch.contiguous_format)
         with bench.meter.phase(ledger, f"{label}/prune", "setup"):
             prune_channels(model, cfg.prune_ratio, cfg.prune_importance)
@@ -217,7 +219,7 @@ def run_quantized(job: VariantJob) -> VariantRecord:
     normalize = Normalizer(bench.data.mean, bench.data.std, cpu, channels_last=False)
     batches = zip(range(cfg.calib_batches), eval_batches(bench.cpu_data.train, cfg.batch_size), strict=False)
     calibration = [normalize(images) for _, (images, _labels) in batches]
-    ledger: list[PhaseEnergy] = []
+    ledger = job.ledger
     with bench.meter.phase(ledger, f"{label}/calibrate", "setup"):
         quantized = quantize_int8(upstream.model, calibration)
         with warnings.catch_warnings():
