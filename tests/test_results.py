@@ -84,6 +84,9 @@ def test_results_are_rebuilt_from_a_small_real_experiment(tracking_uri: str, tmp
     outcome = run_main(cfg)
     assert not outcome.failed
     ids = {child.variant: child.run_id for child in outcome.children}
+    client = MlflowClient(tracking_uri)
+    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id  # what `mlflow run -P resume=` leaves:
+    client.create_run(experiment_id, tags={"kind": "resume-sitting", "resumes": outcome.parent_run_id})
     out = tmp_path / "results"
     out.mkdir()
     (out / "stale.png").write_bytes(b"left over from an older experiment")
@@ -91,7 +94,6 @@ def test_results_are_rebuilt_from_a_small_real_experiment(tracking_uri: str, tmp
                             env=entry_env(tracking_uri), capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     readme = (out / "README.md").read_text()
-    client = MlflowClient(tracking_uri)
     base, quant = client.get_run(ids["baseline"]).data, client.get_run(ids["quantized"]).data
 
     rows = by_run_id(table_rows(readme, "| variant | run id |"))
@@ -132,6 +134,8 @@ def test_results_are_rebuilt_from_a_small_real_experiment(tracking_uri: str, tmp
     for part in (f"-P data_dir={data_dir}", "-P download=false", "-P variants=baseline,quantized", "-P epochs=1",
                  "-P train_subset=256", "-P calib_batches=2", f"--experiment-name {EXPERIMENT}"):
         assert part in command
+    resumed = command.replace(" -P checkpoint_dir=", f" -P resume={outcome.parent_run_id} -P checkpoint_dir=")
+    assert f"resumed in place 1 time(s) with\n{resumed}\n" in readme
     assert base.tags["cpu_model"] in readme and base.tags["energy_method"] in readme and base.tags["data_source"] in readme
     assert not (out / "stale.png").exists()
     for picture in ("accuracy_vs_energy.png", "learning_curves.png"):

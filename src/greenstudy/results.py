@@ -68,7 +68,6 @@ class Collected:
     views: list[RunView]  # the table's runs: latest per (model, variant, config)
     rows: list[dict[str, object]]
     skipped: list[Skipped]
-    points: list[RunPoint]
 
 
 def history(client: MlflowClient, run_id: str, name: str) -> dict[int, float]:
@@ -97,7 +96,7 @@ def collect(client: MlflowClient, names: Sequence[str]) -> Collected:
         for t in THRESHOLDS:
             reached = energy_to(view, t)
             row[f"energy_to_{t:g}_val_kwh"] = "" if reached is None else reached
-    return Collected(experiments, runs, views, rows, skipped, points)
+    return Collected(experiments, runs, views, rows, skipped)
 
 
 # ---------------------------------------------------------------- README sections
@@ -135,8 +134,10 @@ def setup_section(c: Collected) -> list[str]:
     for p in shown:
         setups.setdefault(tuple(setup_value(p.tags, t) for t in SETUP_TAGS), []).append(p.run_id)
     table = markdown([*SETUP_TAGS, "runs"], [[*key, ", ".join(ids)] for key, ids in setups.items()])
-    children = [r for r in c.runs if r.info.run_id in {p.run_id for p in shown}]
-    commits = sorted({r.data.tags.get("mlflow.source.git.commit", "") for r in children} - {""})
+    ids = {p.run_id for p in shown}
+    children = [r for r in c.runs if r.info.run_id in ids]
+    ids |= {p.tags.get("mlflow.parentRunId", "") for p in shown}  # `mlflow run` tags the commit on the parent
+    commits = sorted({r.data.tags.get("mlflow.source.git.commit", "") for r in c.runs if r.info.run_id in ids} - {""})
     return [
         "## Set-up", "",
         f"- runs dated {_when(min((r.info.start_time or 0 for r in children), default=0))} to "
@@ -152,10 +153,15 @@ def command_section(client: MlflowClient, c: Collected) -> list[str]:
              "Rebuilt from each parent run's and its children's params (parameters at their defaults omitted):", "", "```"]
     exp_names = {e.experiment_id: e.name for e in c.experiments}
     for parent_id in dict.fromkeys(v.point.tags.get("mlflow.parentRunId", "") for v in c.views):
-        if parent_id:
-            parent = client.get_run(parent_id)
-            lines += [f"# parent {parent_id}", command_line(main_parser(), main_params(client, parent),
-                                                            exp_names.get(parent.info.experiment_id, "?"))]
+        if not parent_id:
+            continue
+        parent = client.get_run(parent_id)
+        params, experiment = main_params(client, parent), exp_names.get(parent.info.experiment_id, "?")
+        lines += [f"# parent {parent_id}", command_line(main_parser(), params, experiment)]
+        sittings = [r for r in c.runs if r.data.tags.get("resumes") == parent_id]  # `mlflow run` sittings that resumed it
+        if sittings:
+            lines += [f"# interrupted, then resumed in place {len(sittings)} time(s) with",
+                      command_line(main_parser(), {**params, "resume": parent_id}, experiment, always=RESUME_ALWAYS)]
     return [*lines, "```"]
 
 
