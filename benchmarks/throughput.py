@@ -316,7 +316,9 @@ def print_report(
     if not choice.runs:
         print(f"skipped: mixed precision ({choice.reason.replace('amp_dtype=', '--amp-dtype ')})")
     print()
-    header = (f"{'configuration':<40} {'img/s':>8} {'per round':>20} {'Wh/1k img':>10} {'speed':>6} {'paired':>6} "
+    rounds = {r.label: "/".join(f"{x:.0f}" for x in r.rounds) for r in [usual, *ours]}
+    width = max(9, *(len(text) for text in rounds.values()))
+    header = (f"{'configuration':<40} {'img/s':>8} {'per round':>{width}} {'Wh/1k img':>10} {'speed':>6} {'paired':>6} "
               f"{'energy':>7} {'MFU':>6}")
     print(header)
     print("-" * len(header))
@@ -324,8 +326,7 @@ def print_report(
         speed = result.images_per_second / usual.images_per_second
         energy = result.wh_per_1k / usual.wh_per_1k if usual.wh_per_1k else float("nan")
         mfu = flop_per_image * result.images_per_second / peaks[result.precision]
-        per_round = "/".join(f"{r:.0f}" for r in result.rounds)
-        print(f"{result.label:<40} {result.images_per_second:>8.1f} {per_round:>20} {result.wh_per_1k:>10.4f} "
+        print(f"{result.label:<40} {result.images_per_second:>8.1f} {rounds[result.label]:>{width}} {result.wh_per_1k:>10.4f} "
               f"{speed:>6.2f} {paired(result, usual):>6.2f} {energy:>7.2f} {100 * mfu:>5.1f}%")
     print("(speed and energy relative to the usual recipe; paired = median over rounds of the speed ratio within a round, "
           "steadier than speed on a loaded machine; MFU = achieved training FLOP/s over the matmul peak of its precision)")
