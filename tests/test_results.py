@@ -126,7 +126,7 @@ def test_results_are_rebuilt_from_a_small_real_experiment(tracking_uri: str, tmp
                                                            ("poster", "efficientnet_b0"), ("greenstudy", "efficientnet_b0")]
     assert poster[3]["top-1"].startswith("no finished")  # EfficientNet-B0: no run here, said so
     ours = poster[1]
-    assert ours["run id"] == ids["baseline"]
+    assert ours["run id"] == ids["baseline"] and ours["val top-1 at epoch 20"] == "not reached"
     assert ours["kg CO2eq"] == num(base.metrics["emissions_kg"], ".3g") and ours["top-1"].startswith(pct(base.metrics["test_acc1"]))
     assert "| poster | resnet18 | – | 20 | 52.5 % |" in readme and "99.8 %" in readme
     assert "ran 1 epochs, not the poster's 20" in readme and "trained on a subset of 256 images" in readme
@@ -258,3 +258,11 @@ def test_command_keeps_non_defaults_and_quotes() -> None:
 def test_regeneration_command_never_shows_credentials() -> None:
     line = make_command(["a", "b c"], "s", "postgresql+psycopg2://tuner:secret@db-host:5432/optuna")
     assert line == "make results EXPERIMENT='a,b c' STUDY=s STORAGE=postgresql+psycopg2://db-host:5432/optuna"
+
+
+def test_make_results_calls_the_module() -> None:
+    result = subprocess.run(["make", "-n", "results", "EXPERIMENT=a,b", "STUDY=s"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if "greenstudy.results" in line)
+    assert line.rstrip().endswith('-m greenstudy.results --experiment "a,b" --out results --study-name "s"')

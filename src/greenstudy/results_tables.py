@@ -158,8 +158,8 @@ def variant_table(views: Sequence[RunView]) -> str:
 # ---------------------------------------------------------------- poster vs greenstudy
 
 
-POSTER_HEADERS = ("source", "model", "variant", "epochs", "top-1", "train top-1 (last epoch)", "training time",
-                  "kg CO2eq", "hardware", "run id")
+POSTER_HEADERS = ("source", "model", "variant", "epochs", "top-1", f"val top-1 at epoch {POSTER_EPOCHS}",
+                  "train top-1 (last epoch)", "training time", "kg CO2eq", "hardware", "run id")
 
 
 def hardware_text(tags: Mapping[str, str]) -> str:
@@ -172,18 +172,20 @@ def poster_rows(views: Sequence[RunView]) -> list[list[str]]:
     """Per poster model: the poster's row, then greenstudy's baseline and amp runs of that model."""
     rows: list[list[str]] = []
     for poster in POSTER:
-        rows.append(["poster", poster.model, "–", str(POSTER_EPOCHS), poster.top1, "–", poster.time, poster.kg_co2,
+        rows.append(["poster", poster.model, "–", str(POSTER_EPOCHS), poster.top1, "–", "–", poster.time, poster.kg_co2,
                      poster.hardware, "–"])
         ours = [v for v in views if v.point.model == poster.model and v.point.variant in ("baseline", "amp")]
         for v in ours:
             m = v.metrics
             last = v.train_acc1[max(v.train_acc1)] if v.train_acc1 else None
             rows.append(["greenstudy", poster.model, v.point.variant, f"{m.get('epochs_run', math.nan):.0f}",
-                         f"{pct(m.get('test_acc1'))} % (held-out test)", f"{pct(last)} %" if last is not None else "–",
+                         f"{pct(m.get('test_acc1'))} % (held-out test)",
+                         f"{pct(v.val_acc1[POSTER_EPOCHS])} %" if POSTER_EPOCHS in v.val_acc1 else "not reached",
+                         f"{pct(last)} %" if last is not None else "–",
                          minutes(m.get("train_seconds")), num(m.get("emissions_kg"), ".3g"), hardware_text(v.point.tags),
                          v.point.run_id])
         if not ours:
-            rows.append(["greenstudy", poster.model, "–", "–", "no finished baseline/amp run in this experiment", "–", "–",
+            rows.append(["greenstudy", poster.model, "–", "–", "no finished baseline/amp run in this experiment", "–", "–", "–",
                          "–", "–", "–"])
     return rows
 
