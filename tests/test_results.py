@@ -25,7 +25,7 @@ from optuna.distributions import CategoricalDistribution  # noqa: E402
 from greenstudy.comparison import RunPoint  # noqa: E402
 from greenstudy.data import write_synthetic_cifar  # noqa: E402
 from greenstudy.params import main_parser, parse_main  # noqa: E402
-from greenstudy.results import make_command, regenerate  # noqa: E402
+from greenstudy.results import regenerate  # noqa: E402
 from greenstudy.results_tables import (  # noqa: E402
     NOT_REACHED,
     THRESHOLDS,
@@ -34,6 +34,7 @@ from greenstudy.results_tables import (  # noqa: E402
     command_line,
     energy_to,
     energy_to_cell,
+    make_command,
     num,
     pct,
     wh,

@@ -11,14 +11,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import shlex
 import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 from mlflow.entities import Experiment, Run
@@ -40,12 +38,15 @@ from greenstudy.results_tables import (
     command_line,
     data_dir_of,
     energy_to,
+    make_command,
     markdown,
     pct,
     poster_caveats,
     poster_rows,
+    safe_uri,
     variant_table,
     wh,
+    when,
 )
 from greenstudy.tracking import ensure_tracking_reachable, write_dict_csv
 
@@ -102,14 +103,6 @@ def collect(client: MlflowClient, names: Sequence[str]) -> Collected:
 # ---------------------------------------------------------------- README sections
 
 
-def safe_uri(uri: str) -> str:
-    """The tracking URI without any user:password part."""
-    parts = urlsplit(uri)
-    if parts.password or parts.username:
-        return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
-    return uri
-
-
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
@@ -117,10 +110,6 @@ def git_commit() -> str:
         return out.stdout.strip() or "unknown"
     except OSError:
         return "unknown"
-
-
-def _when(ms: int | None) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M UTC") if ms else "?"
 
 
 def setup_value(tags: dict[str, str], name: str) -> str:
@@ -140,8 +129,8 @@ def setup_section(c: Collected) -> list[str]:
     commits = sorted({r.data.tags.get("mlflow.source.git.commit", "") for r in c.runs if r.info.run_id in ids} - {""})
     return [
         "## Set-up", "",
-        f"- runs dated {_when(min((r.info.start_time or 0 for r in children), default=0))} to "
-        f"{_when(max((r.info.end_time or 0 for r in children), default=0))}",
+        f"- runs dated {when(min((r.info.start_time or 0 for r in children), default=0))} to "
+        f"{when(max((r.info.end_time or 0 for r in children), default=0))}",
         f"- code commit of the runs: {', '.join(commits) if commits else 'not recorded (started outside `mlflow run`)'}; "
         f"this folder regenerated at commit {git_commit()}",
         f"- cpu_cores: the runs' tag {' / '.join(CORE_TAGS)}; `not logged` where they carry none", "", table,
@@ -267,12 +256,6 @@ def pictures_section() -> list[str]:
 
 
 # ---------------------------------------------------------------- writing the folder
-
-
-def make_command(experiments: Sequence[str], study_name: str, storage: str) -> str:
-    """The `make results` line that regenerates this folder (a storage shown without credentials)."""
-    extra = (f" STUDY={shlex.quote(study_name)}" if study_name else "") + (f" STORAGE={shlex.quote(safe_uri(storage))}" if storage else "")
-    return f"make results EXPERIMENT={shlex.quote(','.join(experiments))}{extra}"
 
 
 def regenerate(experiments: Sequence[str], out: Path, study_name: str = "", storage: str = "") -> Path:

@@ -5,11 +5,13 @@ per-epoch histories (greenstudy.results reads them) and returns text."""
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import math
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePath
+from urllib.parse import urlsplit, urlunsplit
 
 from greenstudy.comparison import RunPoint
 
@@ -71,6 +73,24 @@ def minutes(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "–"
     return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.2f} h"
+
+
+def safe_uri(uri: str) -> str:
+    """The tracking URI without any user:password part."""
+    parts = urlsplit(uri)
+    if parts.password or parts.username:
+        return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
+    return uri
+
+
+def when(ms: int | None) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M UTC") if ms else "?"
+
+
+def make_command(experiments: Sequence[str], study_name: str, storage: str) -> str:
+    """The `make results` line that regenerates this folder (a storage shown without credentials)."""
+    extra = (f" STUDY={shlex.quote(study_name)}" if study_name else "") + (f" STORAGE={shlex.quote(safe_uri(storage))}" if storage else "")
+    return f"make results EXPERIMENT={shlex.quote(','.join(experiments))}{extra}"
 
 
 def markdown(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
