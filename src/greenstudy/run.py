@@ -74,7 +74,7 @@ def make_bench(cfg: RunConfig, device: torch.device, cpu_data: CifarData) -> tup
     tags = {
         "model": cfg.model, "dataset": cfg.dataset, "data_source": cpu_data.source, "device": device.type,
         "energy_method": meter.energy_method(), "codecarbon_version": meter.codecarbon_version,
-        "torch_version": torch.__version__, "cpu_capability": cpu_capability(),
+        "torch_version": torch.__version__, "cpu_capability": cpu_capability(), "cpu_threads": str(torch.get_num_threads()),
         **meter.hardware(), **configure_device(device), **cfg.extra_tags,
     }
     if device.type == "cuda":
