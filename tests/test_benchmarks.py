@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import throughput  # noqa: E402
 
-TINY = ["--model", "efficientnet_b0", "--batch-size", "8", "--warmup", "1", "--workers", "0", "--peak-size", "256",
+TINY = ["--model", "efficientnet_b0", "--device", "cpu", "--batch-size", "8", "--warmup", "1", "--workers", "0", "--peak-size", "256",
         "--settle-s", "0"]
 
 
