@@ -53,7 +53,7 @@ def test_model_is_logged_from_a_cpu_copy(tracking_uri: str) -> None:
     with mlflow.start_run() as run:
         log_torch_model(model, torch.randn(2, 3, 32, 32))
     assert model.training
-    loaded = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model", map_location="cpu")
+    loaded = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
     assert all(p.device.type == "cpu" for p in loaded.parameters())
     assert loaded(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 

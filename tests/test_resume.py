@@ -65,6 +65,7 @@ def test_resume_goes_on_in_place_and_matches_uninterrupted(tiny_data_dir: Path, 
     assert parent.info.status == "KILLED" and client.get_run(child_id).info.status == "KILLED"
     logged_before = len(client.get_metric_history(child_id, "val_acc1"))
     assert 1 <= logged_before < 3
+    spent_before = client.get_run(child_id).data.metrics["energy_kwh"]  # the killed sitting's partial ledger
 
     resumed = _main([*args, "--experiment", "cut", "--resume", parent.info.run_id], tracking_uri, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -78,6 +79,7 @@ def test_resume_goes_on_in_place_and_matches_uninterrupted(tiny_data_dir: Path, 
     own, _ = read_ledger_csv(client.download_artifacts(child_id, "energy_ledger.csv", str(tmp_path / "dl")))
     assert [p.epoch for p in own.of("train")] == [1, 2, 3]
     assert child.data.metrics["energy_kwh"] == pytest.approx(own.energy(*MAKE_AND_CHECK), rel=1e-6)
+    assert child.data.metrics["energy_kwh"] > spent_before > 0, "both sittings are in the total"
     assert child.data.metrics["train_energy_kwh"] == pytest.approx(
         sum(p.value for p in client.get_metric_history(child_id, "epoch_train_energy_kwh")), rel=1e-6)
     assert not Path(child.data.tags["checkpoint"]).exists(), "a finished run's checkpoint is removed"
@@ -102,4 +104,4 @@ def test_bad_resume_id_and_other_settings_are_one_line(tiny_data_dir: Path, trac
     result = _main([*other, "--resume", parent.info.run_id], tracking_uri, tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: checkpoint ") and "lr=0.1 (now 0.05)" in last
+    assert last.startswith("error: resume: run ") and "other settings: lr=0.1 (now 0.05)" in last

@@ -19,7 +19,7 @@ from greenstudy.errors import ConfigError
 FINGERPRINT_FIELDS = (
     "model", "dataset", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "seed",
     "train_subset", "val_size", "resolution", "channels_last", "prune_ratio", "prune_importance",
-    "finetune_epochs", "amp_dtype",
+    "finetune_epochs", "amp_dtype", "device", "test_subset", "calib_batches", "compile", "target_acc1", "stop_at_target",
 )
 
 
@@ -79,9 +79,31 @@ class Checkpointer:
             raise ConfigError(f"checkpoint {self.path} was made with other settings: {', '.join(diff)}")
         return state
 
+    @property
+    def ledger_path(self) -> Path:
+        return self.folder / "ledger.pt"
+
+    def saved_epoch(self) -> int:
+        """The last epoch the checkpoint holds (0 without one)."""
+        if not self.exists():
+            return 0
+        return int(torch.load(self.path, map_location="cpu", weights_only=False)["epoch"])
+
+    def save_ledger(self, phases: list[object]) -> None:
+        """Every phase measured so far, written when a run fails or is interrupted (newer than the checkpoint's)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        partial = self.ledger_path.with_suffix(".partial")
+        torch.save(list(phases), partial)
+        os.replace(partial, self.ledger_path)
+
+    def load_ledger(self) -> list[object] | None:
+        if not self.ledger_path.is_file():
+            return None
+        return torch.load(self.ledger_path, weights_only=False)
+
     def remove(self) -> None:
         """Drop the checkpoint once its run has finished (the model is logged to MLflow)."""
-        for path in (self.path, self.path.with_suffix(".partial")):
+        for path in (self.path, self.path.with_suffix(".partial"), self.ledger_path):
             path.unlink(missing_ok=True)
         if self.folder.is_dir() and not any(self.folder.iterdir()):
             self.folder.rmdir()

@@ -12,11 +12,11 @@ waits for it, saying so once.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +26,7 @@ os.environ.setdefault("CODECARBON_LOG_LEVEL", "error")  # its repeated warnings 
 
 import torch  # noqa: E402
 
-from greenstudy.ledger import MissingEnergyReading, PhaseEnergy  # noqa: E402
+from greenstudy.ledger import MissingEnergyReading, PhaseEnergy, check_phase  # noqa: E402
 
 _CPU_METHODS = {
     "intel_rapl": "rapl",
@@ -39,8 +39,20 @@ LOCK_ENV = "GREENSTUDY_ENERGY_LOCK"
 
 
 def lock_path() -> Path:
-    """The machine-wide lock file (GREENSTUDY_ENERGY_LOCK overrides; the same for every user)."""
-    return Path(os.environ.get(LOCK_ENV) or Path(tempfile.gettempdir()) / "greenstudy-energy.lock")
+    """The machine-wide lock file: one fixed path for every process and user on the machine (not
+    $TMPDIR, which differs between jobs); GREENSTUDY_ENERGY_LOCK overrides it (tests use their own)."""
+    return Path(os.environ.get(LOCK_ENV) or "/tmp/greenstudy-energy.lock")
+
+
+def _open_lock(path: Path) -> int:
+    """A descriptor flock can use, whoever created the file (flock needs no write access)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:
+        return os.open(path, os.O_RDONLY)
+    with contextlib.suppress(PermissionError):
+        os.fchmod(fd, 0o666)
+    return fd
 
 
 @contextmanager
@@ -48,24 +60,23 @@ def machine_lock(label: str) -> Iterator[None]:
     """Hold the machine's measurement lock for the enclosed block; wait (one line on stderr) while
     another measured run holds it. The lock dies with its process (flock), so a crash frees it."""
     path = lock_path()
-    with path.open("a+") as handle:
+    fd = _open_lock(path)
+    try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
             print(f"energy: waiting for {holder} to finish measuring on this machine ({path})", file=sys.stderr, flush=True)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} ({label})")
-        handle.flush()
-        try:
-            yield
-        finally:
-            handle.seek(0)
-            handle.truncate()
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} ({label})".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 class _NvmlCounter:
@@ -116,7 +127,7 @@ class EnergyMeter:
         self.device = device
         self.cpu_power_w = cpu_power_w
         self.ram_power_w = ram_power_w
-        gpu_ids = [_gpu_index(device)] if device.type == "cuda" else None
+        gpu_ids = [_gpu_index(device)] if device.type == "cuda" else []  # a CPU run charges no GPU
         self._tracker = OfflineEmissionsTracker(
             country_iso_code=country_iso_code,
             output_methods=[],
@@ -158,10 +169,15 @@ class EnergyMeter:
         self._tracker.start_task(name)
         result.started_at = time.time()
         began = time.perf_counter()
+        failure: BaseException | None = None
         try:
             yield result
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             result.kind = "interrupted"
+            failure = exc
+            raise
+        except BaseException as exc:
+            failure = exc
             raise
         finally:
             self._sync()
@@ -170,17 +186,19 @@ class EnergyMeter:
             # 3.3.2 leaves a stopped task marked active: forget it, or tracker.stop() "stops" every past
             # task again and logs an ERROR per phase (and a later phase of the same name would collide)
             self._tracker._tasks.pop(name, None)
-            if data is None or not data.energy_consumed or data.energy_consumed <= 0:
+            if data is not None and data.energy_consumed and data.energy_consumed > 0:
+                result.energy_kwh = float(data.energy_consumed)
+                result.cpu_kwh = float(data.cpu_energy)
+                result.gpu_kwh = float(data.gpu_energy)
+                result.ram_kwh = float(data.ram_energy)
+                result.emissions_kg = float(data.emissions)
+                if nvml_start is not None:
+                    result.gpu_nvml_kwh = self._nvml.read() - nvml_start
+                check_phase(result)
+                ledger.append(result)
+            elif failure is None:
                 # CodeCarbon 3.3.2 reports a *zero delta* (logged, not raised) for a task it lost track of
                 raise MissingEnergyReading(f"phase {name}: CodeCarbon returned no energy reading ({'none' if data is None else '0 kWh'})")
-            result.energy_kwh = float(data.energy_consumed)
-            result.cpu_kwh = float(data.cpu_energy)
-            result.gpu_kwh = float(data.gpu_energy)
-            result.ram_kwh = float(data.ram_energy)
-            result.emissions_kg = float(data.emissions)
-            if nvml_start is not None:
-                result.gpu_nvml_kwh = self._nvml.read() - nvml_start
-            ledger.append(result)
 
     def energy_method(self) -> str:
         """How CodeCarbon obtained each component, e.g. `cpu=rapl, gpu=nvml, ram=constant-estimate`."""

@@ -55,28 +55,33 @@ def _setup(cfg: RunConfig, data: CifarData, model: nn.Module, precision: Precisi
 
 
 def warm_up_compiled(setup: TrainSetup, data: CifarData) -> None:
-    """Compile `setup.model` and run one forward/backward so the compile happens here, in its own
-    phase; weights, buffers and the batch generator are left exactly as they were."""
+    """Compile `setup.model` and run one training step's forward/backward and one validation pass, so
+    the compiles (train and eval graphs) happen here, in their own phase, not inside epoch 1; weights,
+    buffers, the batch generator and the global RNG are left exactly as they were."""
     saved = copy.deepcopy(setup.model.state_dict())
     generator_state = setup.generator.get_state()
     setup.step_fn = torch.compile(setup.model)
-    images, labels = next(train_batches(data.train, setup.batch_size, setup.generator, setup.augment))
-    setup.model.train()
-    with setup.precision.autocast(setup.device):
-        loss = F.cross_entropy(setup.step_fn(setup.normalize(images)), labels)
-    loss.backward()
-    setup.optimizer.zero_grad(set_to_none=True)
+    devices = [setup.device] if setup.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # dropout/stochastic depth draw as if no warm-up happened
+        images, labels = next(train_batches(data.train, setup.batch_size, setup.generator, setup.augment))
+        setup.model.train()
+        with setup.precision.autocast(setup.device):
+            loss = F.cross_entropy(setup.step_fn(setup.normalize(images)), labels)
+        loss.backward()
+        setup.optimizer.zero_grad(set_to_none=True)
+        evaluate(setup.step_fn, data.val, setup.normalize, setup.precision, setup.device)  # the eval graphs too
     setup.model.load_state_dict(saved)
     setup.generator.set_state(generator_state)
 
 
 def _save(checkpointer: Checkpointer, cfg: RunConfig, setup: TrainSetup, epoch: int, ledger: list[PhaseEnergy],
-          history: list[dict[str, float]], control: TrainingControl) -> None:
+          history: list[dict[str, float]], control: TrainingControl, stop: bool) -> None:
     checkpointer.save({
         "fingerprint": fingerprint(cfg), "epoch": epoch, "model": setup.model,
         "optimizer": setup.optimizer.state_dict(), "scheduler": setup.scheduler.state_dict(),
         "scaler": setup.scaler.state_dict() if setup.scaler else None, "rng": rng_state(setup.generator),
         "ledger": list(ledger), "history": list(history), "reached": control.reached,
+        "stopped": stop, "stopped_early": control.stopped_early,
     })
 
 
@@ -103,14 +108,10 @@ def fit(
         with meter.phase(ledger, f"{label}/compile", "setup"):
             warm_up_compiled(setup, data)
     progress = EpochProgress(label, epochs, result.first_epoch)
-    try:
-        _epochs(cfg, data, meter, setup, epochs, label, ledger, control, checkpointer, result, progress, log)
-    except KeyboardInterrupt:
-        if checkpointer is not None and checkpointer.exists():  # the cut-short phase is spent energy too
-            state = torch.load(checkpointer.path, map_location="cpu", weights_only=False)
-            state["ledger"] = list(ledger)
-            checkpointer.save(state)
-        raise
+    if resume is not None and resume.get("stopped"):  # the control had already ended training
+        control.stopped_early = str(resume.get("stopped_early", ""))
+        return result
+    _epochs(cfg, data, meter, setup, epochs, label, ledger, control, checkpointer, result, progress, log)
     return result
 
 
@@ -135,7 +136,7 @@ def _epochs(cfg: RunConfig, data: CifarData, meter: EnergyMeter, setup: TrainSet
         result.history.append(metrics)
         stop = control.after_epoch(EpochReport(epoch, val["acc1"], cumulative, so_far.seconds("train", "val", "interrupted")))
         if checkpointer is not None:  # before logging: every logged epoch is in the checkpoint
-            _save(checkpointer, cfg, setup, epoch, ledger, result.history, control)
+            _save(checkpointer, cfg, setup, epoch, ledger, result.history, control, stop)
         log(metrics, epoch)
         progress.epoch(epoch, metrics, cumulative)
         if stop:

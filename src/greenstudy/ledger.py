@@ -75,9 +75,6 @@ class Ledger:
     def seconds(self, *kinds: str) -> float:
         return sum(phase.seconds for phase in self.of(*kinds))
 
-    def epoch_energy(self, epoch: int, kind: str) -> float:
-        return sum(p.energy_kwh for p in self.phases if p.kind == kind and p.epoch == epoch)
-
     def as_upstream(self, run_id: str) -> Ledger:
         """The phases a model derived from this run stands on, each naming `run_id`."""
         return Ledger([replace(phase, upstream_run_id=run_id) for phase in self.of(*UPSTREAM_KINDS)])

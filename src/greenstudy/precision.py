@@ -65,16 +65,26 @@ def _mkldnn_supports(name: str) -> bool:
     return False
 
 
+def _cpu_has(name: str) -> bool:
+    with contextlib.suppress(Exception):
+        return bool(getattr(torch.cpu, name)())
+    return False
+
+
 def describe(device: torch.device) -> Hardware:
-    """The hardware facts of `device`; makes no CUDA call for a CPU device."""
+    """The hardware facts of `device`; makes no CUDA call for a CPU device. Native bf16 needs oneDNN's
+    bf16 path *and* the instructions (AVX512_BF16 or AMX): oneDNN alone also says yes on AVX-512 CPUs
+    without BF16 (Skylake to Ice Lake), where bf16 is emulated."""
     cuda_capability = None
     if device.type == "cuda":
         cuda_capability = tuple(torch.cuda.get_device_capability(device))
+    bf16_isa = _cpu_has("_is_avx512_bf16_supported") or _cpu_has("_is_amx_tile_supported")
+    fp16_isa = _cpu_has("_is_amx_fp16_supported") or _cpu_has("_is_avx512_fp16_supported")
     return Hardware(
         device_type=device.type,
         cpu_capability=cpu_capability(),
-        cpu_bf16=_mkldnn_supports("_is_mkldnn_bf16_supported"),
-        cpu_fp16=_mkldnn_supports("_is_mkldnn_fp16_supported"),
+        cpu_bf16=_mkldnn_supports("_is_mkldnn_bf16_supported") and bf16_isa,
+        cpu_fp16=_mkldnn_supports("_is_mkldnn_fp16_supported") and fp16_isa,
         cuda_capability=cuda_capability,
     )
 

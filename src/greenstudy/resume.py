@@ -15,7 +15,7 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from greenstudy.checkpoint import Checkpointer, fingerprint
+from greenstudy.checkpoint import FINGERPRINT_FIELDS, Checkpointer, fingerprint
 from greenstudy.config import RunConfig
 from greenstudy.errors import ConfigError
 from greenstudy.ledger import read_ledger_csv
@@ -47,6 +47,32 @@ def _parent(client: MlflowClient, run_id: str, cfg: RunConfig) -> mlflow.entitie
     return parent
 
 
+def _check_same_settings(cfg: RunConfig, child: mlflow.entities.Run) -> None:
+    """A resumed run must use the settings its earlier sitting logged (finished children included:
+    pruned and quantized are built on the finished baseline)."""
+    from greenstudy.run import contract_params  # run.py imports this module
+
+    logged = child.data.params
+    wanted = contract_params(cfg, child.data.tags.get("variant", ""), torch.device(child.data.tags.get("device", "cpu")))
+    diff = [f"{k}={logged[k]} (now {v})" for k, v in wanted.items()
+            if k in logged and k in FINGERPRINT_FIELDS and str(v) != logged[k]]
+    if diff:
+        raise ConfigError(f"resume: run {child.info.run_id} was made with other settings: {', '.join(diff)}")
+
+
+def _check_checkpoint(cfg: RunConfig, client: MlflowClient, child: mlflow.entities.Run) -> None:
+    """An unfinished child that logged epochs must have its checkpoint where this sitting looks, and
+    one made with the same settings; otherwise one line, before anything runs."""
+    checkpointer = Checkpointer(Path(cfg.checkpoint_dir).resolve() / child.info.run_id)
+    if checkpointer.exists():
+        checkpointer.load(fingerprint(cfg))
+    elif client.get_metric_history(child.info.run_id, "val_acc1"):
+        raise ConfigError(
+            f"resume: run {child.info.run_id} logged epochs but its checkpoint is not at {checkpointer.path} "
+            f"(the run's tag says {child.data.tags.get('checkpoint', 'nothing')}): pass the same checkpoint_dir, from the same folder"
+        )
+
+
 def _load_upstream(client: MlflowClient, run_id: str, device: torch.device) -> Upstream:
     """The finished baseline: its model back from MLflow, its cost from its ledger artifact."""
     model = mlflow.pytorch.load_model(f"runs:/{run_id}/model", map_location=device)
@@ -67,16 +93,16 @@ def plan_resume(cfg: RunConfig, device: torch.device) -> ResumePlan:
     )
     plan = ResumePlan()
     for child in children:
-        variant = child.data.tags.get("variant", "")
+        variant, tags = child.data.tags.get("variant", ""), child.data.tags
+        _check_same_settings(cfg, child)
         if child.info.status == "FINISHED":
             plan.finished[variant] = ChildOutcome(variant, child.info.run_id, "FINISHED", dict(child.data.metrics))
             plan.unfinished.pop(variant, None)
-        elif variant not in plan.finished and "skipped" not in child.data.tags:
+        elif "skipped" in tags:  # not native here: skipped again would say the same
+            plan.finished.setdefault(variant, ChildOutcome(variant, child.info.run_id, "SKIPPED", error=tags["skipped"]))
+        elif variant not in plan.finished:
             plan.unfinished[variant] = child.info.run_id
-    for run_id in plan.unfinished.values():  # a checkpoint from other settings: one line, before any run starts
-        checkpointer = Checkpointer(Path(cfg.checkpoint_dir).resolve() / run_id)
-        if checkpointer.exists():
-            checkpointer.load(fingerprint(cfg))
+            _check_checkpoint(cfg, client, child)
     baseline = plan.finished.get("baseline")
     if baseline is not None and any(v in cfg.variants for v in ("pruned", "quantized")):
         plan.upstream = _load_upstream(client, baseline.run_id, device)

@@ -146,11 +146,13 @@ def run_variant(
             if checkpointer:
                 mlflow.set_tag("checkpoint", str(checkpointer.path))
             job = VariantJob(bench, control, checkpointer, resume, upstream if variant in DERIVED else None, lean)
+            earlier = checkpointer.load_ledger() if checkpointer else None  # written when a sitting ended early
+            job.ledger.extend(earlier if earlier is not None else (resume["ledger"] if resume else []))
             try:
                 record = VARIANT_RUNNERS[variant](job)
             except (Exception, KeyboardInterrupt) as exc:
                 if not isinstance(exc, VariantSkipped):
-                    _log_partial_energy(job)
+                    _keep_partial_energy(job)
                 raise
             metrics = log_record(record, cfg, lean)
             if checkpointer:
@@ -158,7 +160,8 @@ def run_variant(
             last = record.history[-1] if record.history else {}
             say(f"[{cfg.model}/{variant}] finished: " + _headline(metrics))
             return ChildOutcome(variant, run_id, "FINISHED", metrics, last_epoch=last, control=control, record=record)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
+        interrupt.child = ChildOutcome(variant, run_id, "KILLED", error="interrupted", control=control)
         raise
     except VariantSkipped as skip:
         say(f"[{cfg.model}/{variant}] skipped: {skip}")
@@ -168,17 +171,25 @@ def run_variant(
         return ChildOutcome(variant, run_id, "FAILED", error=f"{type(exc).__name__}: {exc}", control=control)
 
 
-def _log_partial_energy(job: VariantJob) -> None:
-    """A failed or interrupted run keeps what it spent: the energy of every phase it measured."""
+def _keep_partial_energy(job: VariantJob) -> None:
+    """A failed or interrupted run keeps what it spent. Train/val phases after the checkpoint's last
+    epoch become `interrupted` (that epoch will be trained again on resume, so it is not a finished
+    epoch); the ledger is saved beside the checkpoint for the next sitting and logged to the run."""
+    saved = job.checkpointer.saved_epoch() if job.checkpointer else 0
+    for phase in job.ledger:
+        if phase.kind in ("train", "val") and phase.epoch > saved:
+            phase.kind = "interrupted"
     if not job.ledger:
         return
     upstream = job.upstream.ledger if job.upstream else None
     try:
+        if job.checkpointer:
+            job.checkpointer.save_ledger(job.ledger)
         log_final(energy_metrics(Ledger(job.ledger), upstream))
         with tempfile.TemporaryDirectory() as tmp:
             mlflow.log_artifact(str(write_ledger_csv(Path(tmp) / "energy_ledger.csv", Ledger(job.ledger), upstream)))
     except Exception as exc:  # noqa: BLE001 - the original error is what the run must report
-        say(f"(could not log the partial energy ledger: {type(exc).__name__}: {exc})")
+        say(f"(could not keep the partial energy ledger: {type(exc).__name__}: {exc})")
 
 
 def _headline(metrics: dict[str, float]) -> str:
@@ -223,11 +234,17 @@ def run_main(cfg: RunConfig) -> MainOutcome:
         try:
             for variant in execution_order(cfg.variants):
                 if plan and variant in plan.finished:
-                    say(f"[{cfg.model}/{variant}] already FINISHED in run {plan.finished[variant].run_id}: not re-run")
+                    done = plan.finished[variant]
+                    say(f"[{cfg.model}/{variant}] already {done.status} in run {done.run_id}: not re-run")
                     children.append(plan.finished[variant])
                     continue
-                child = run_variant(bench, variant, tags, upstream=upstream,
-                                    resume_run_id=plan.unfinished.get(variant, "") if plan else "")
+                try:
+                    child = run_variant(bench, variant, tags, upstream=upstream,
+                                        resume_run_id=plan.unfinished.get(variant, "") if plan else "")
+                except KeyboardInterrupt as interrupt:
+                    if getattr(interrupt, "child", None) is not None:
+                        children.append(interrupt.child)
+                    raise
                 children.append(child)
                 if variant == "baseline":
                     upstream = _upstream_of(child)

@@ -71,10 +71,11 @@ def run_scope(
         run = mlflow.start_run(run_id=run_id, nested=nested)
     elif not nested and os.environ.get("MLFLOW_RUN_ID"):
         run = mlflow.start_run()  # `mlflow run` created this run already; attach to it
+    elif nested:  # in the parent's experiment, also when the parent was reopened by `resume`
+        run = mlflow.start_run(run_name=run_name, nested=True, tags=tags, experiment_id=mlflow.active_run().info.experiment_id)
     else:
-        if not nested:
-            mlflow.set_experiment(experiment)
-        run = mlflow.start_run(run_name=run_name, nested=nested, tags=tags)
+        mlflow.set_experiment(experiment)
+        run = mlflow.start_run(run_name=run_name, tags=tags)
     if tags and not nested:
         mlflow.set_tags(tags)
     try:

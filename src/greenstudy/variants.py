@@ -96,9 +96,8 @@ def finish(job: VariantJob, record: VariantRecord, precision: Precision, label: 
 def _train_fresh(job: VariantJob, precision: Precision, label: str) -> VariantRecord:
     """Baseline and amp: a model trained from scratch (or from this run's checkpoint)."""
     cfg, bench = job.bench.cfg, job.bench
-    ledger = job.ledger
+    ledger = job.ledger  # run.py filled it with the earlier sittings' phases, if any
     if job.resume:
-        ledger.extend(job.resume["ledger"])
         model = job.resume["model"]
     else:
         torch.manual_seed(cfg.seed)
@@ -163,9 +162,8 @@ def run_pruned(job: VariantJob) -> VariantRecord:
     upstream = _require_upstream(job, "pruned")
     label = f"{cfg.model}/pruned"
     macs_before, params_before = count_macs_params(upstream.model)
-    ledger = job.ledger
+    ledger = job.ledger  # run.py filled it with the earlier sittings' phases, if any
     if job.resume:
-        ledger.extend(job.resume["ledger"])
         model = job.resume["model"].to(bench.device)
     else:
         model = copy.deepcopy(upstream.model).to(bench.device, memory_format=torch.contiguous_format)
