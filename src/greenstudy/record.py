@@ -61,7 +61,8 @@ def record_metrics(record: VariantRecord) -> dict[str, float]:
     if record.inference is not None:
         metrics.update(record.inference.metrics())
     metrics.update(record.size)
-    metrics.update(record.control.target_metrics())
+    if record.history:  # only runs that train can reach a validation target
+        metrics.update(record.control.target_metrics())
     metrics.update(record.extra)
     if record.history:
         metrics["epochs_run"] = float(len(record.history))
