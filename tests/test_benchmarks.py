@@ -1,5 +1,6 @@
 """benchmarks/throughput.py measures only the precisions the hardware runs natively, says what it skipped and
-why, fits its measured steps to a time budget, and prints the hardware beside its figures."""
+why, fits its measured steps to a time budget, and prints the hardware beside its figures; benchmarks/variants.py
+lists a skipped variant with its reason."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import pytest
 import torch
 
 from greenstudy.precision import Hardware, choose_mixed_precision, cpu_capability, describe
+from greenstudy.run import ChildOutcome
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import throughput  # noqa: E402
+import variants as variants_benchmark  # noqa: E402
 
 TINY = ["--model", "efficientnet_b0", "--device", "cpu", "--batch-size", "8", "--warmup", "1", "--workers", "0", "--peak-size", "256",
         "--settle-s", "0"]
@@ -108,3 +111,21 @@ def test_paired_speed_is_the_median_of_per_round_ratios() -> None:
     usual = throughput.Result("usual", "fp32", rounds=[10.0, 10.0, 2.0])
     ours = throughput.Result("ours", "fp32", rounds=[20.0, 30.0, 5.0])
     assert throughput.paired(ours, usual) == pytest.approx(2.5)
+
+
+def test_variants_table_lists_a_skipped_variant_with_its_reason_and_lifecycle_energy() -> None:
+    """benchmarks/variants.py's table: ratios against baseline, own vs lifecycle energy, and a SKIPPED amp row
+    that carries the reason the core gave (as on an AVX2-only CPU)."""
+    def metrics(acc: float, own: float, life: float, ips: float) -> dict[str, float]:
+        return {"test_acc1": acc, "energy_kwh": own, "lifecycle_energy_kwh": life, "infer_images_per_second": ips,
+                "infer_energy_wh_per_1k_images": 1.0 / ips, "model_size_mb": 40.0, "macs": 5e8}
+
+    reason = "no native bf16/fp16 on this CPU (AVX2); force with amp_dtype=bf16 to run it emulated"
+    lines = variants_benchmark.table([
+        ChildOutcome("baseline", "r1", "FINISHED", metrics(10.0, 0.002, 0.002, 100.0)),
+        ChildOutcome("amp", "r2", "SKIPPED", error=reason),
+        ChildOutcome("pruned", "r3", "FINISHED", metrics(9.0, 0.001, 0.003, 300.0)),
+    ])
+    rows = {line.split()[0]: line.split() for line in lines[2:5]}
+    assert rows["amp"] == ["amp", "SKIPPED", *reason.split()]
+    assert rows["pruned"][2:9] == ["9.00", "-1.00", "1.000", "0.50x", "3.000", "300", "3.00x"]
