@@ -59,6 +59,19 @@ def test_an_avx2_cpu_skips_mixed_precision_says_why_and_fits_the_budget(
     assert set(_ratios(lines)) == {"fp32/usual", "best/usual"} and all(r > 0 for r in _ratios(lines).values())
 
 
+def test_forcing_bf16_on_an_avx2_cpu_measures_it_and_warns_it_is_emulated(
+    tiny_data_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(throughput, "describe", lambda device: Hardware("cpu", "AVX2"))
+    lines = _run(capsys, tiny_data_dir, "--steps", "1", "--rounds", "1", "--amp-dtype", "bf16", "--only", "(channels_last)")
+    assert [line for line in lines if line.startswith(("mixed precision:", "warning:", "skipped:"))] == [
+        "mixed precision: bf16 (forced amp_dtype=bf16 on cpu AVX2)",
+        "warning: bf16 is not native here: emulated, expect it several times slower than fp32",
+    ]
+    assert [row.split("  ")[0] for row in _rows(lines)][-1] == "ours bf16 (channels_last)"
+    assert any(line.startswith("  peak bf16") for line in lines)
+
+
 def test_this_machine_measures_its_native_precision_beside_its_capability(
     tiny_data_dir: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
