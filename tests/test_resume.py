@@ -17,7 +17,7 @@ from greenstudy.ledger import MAKE_AND_CHECK, read_ledger_csv
 from tests.conftest import PYTHON, ROOT, entry_env
 
 ARGS = ["--model", "efficientnet_b0", "--variants", "baseline", "--epochs", "3", "--batch-size", "64",
-        "--train-subset", "192", "--val-size", "100", "--test-subset", "100", "--infer-seconds", "0.2",
+        "--train-subset", "320", "--val-size", "100", "--test-subset", "100", "--infer-seconds", "0.2",
         "--download", "false"]
 
 
@@ -94,6 +94,7 @@ def test_resume_goes_on_in_place_and_matches_uninterrupted(tiny_data_dir: Path, 
 
 def test_bad_resume_id_and_other_settings_are_one_line(tiny_data_dir: Path, tracking_uri: str, tmp_path: Path) -> None:
     args = [*ARGS, "--data-dir", str(tiny_data_dir), "--checkpoint-dir", str(tmp_path / "ckpt"), "--experiment", "bad"]
+    args[args.index("--epochs") + 1] = "30"  # long enough never to finish before the interrupt
     result = _main([*args, "--resume", "0123456789abcdef"], tracking_uri, tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: resume: no run '0123456789abcdef'")
