@@ -50,6 +50,7 @@ def test_this_machine_is_described_without_cuda() -> None:
 def test_model_is_logged_from_a_cpu_copy(tracking_uri: str) -> None:
     """Logging never touches the trained model (still in train mode, same device) and stores a CPU module."""
     model = build_model("efficientnet_b0", 10).train()
+    mlflow.set_experiment("cpu-copy")
     with mlflow.start_run() as run:
         log_torch_model(model, torch.randn(2, 3, 32, 32))
     assert model.training
