@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -71,3 +74,16 @@ TINY_ARGS = [
     "--epochs", "1", "--batch-size", "64", "--val-size", "100", "--infer-seconds", "0.3",
     "--calib-batches", "2", "--download", "false",
 ]
+
+
+def stop_process_group(server: subprocess.Popen) -> None:
+    """SIGTERM to a server started in a new session (its own process group), SIGKILL to what is left."""
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
+    with contextlib.suppress(ProcessLookupError):  # any child (e.g. MLflow's job runner) that outlived it
+        os.killpg(server.pid, signal.SIGKILL)

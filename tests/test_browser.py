@@ -5,11 +5,9 @@ accuracy_vs_energy.png in the artifact view. Screenshots go to the test's tmp di
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -24,7 +22,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from greenstudy.report import build_report
-from tests.conftest import tracking_store
+from tests.conftest import stop_process_group, tracking_store
 
 pytestmark = pytest.mark.browser
 
@@ -123,17 +121,7 @@ def _wait_healthy(base: str, server: subprocess.Popen, log: Path) -> None:
     pytest.fail(f"mlflow server did not answer /health within {SERVER_START_S} s: {log.read_text()[-2000:]}")
 
 
-def _stop(server: subprocess.Popen) -> None:
-    """SIGTERM to the server's own process group (it was started in a new session), then SIGKILL if needed."""
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait(timeout=30)
-    with contextlib.suppress(ProcessLookupError):  # the job-runner children, should any have outlived the server
-        os.killpg(server.pid, signal.SIGKILL)
+_stop = stop_process_group
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ import requests
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from tests.conftest import PYTHON, entry_env
+from tests.conftest import PYTHON, entry_env, stop_process_group
 from tests.test_study import TUNE, TUNE_TINY, session_trials
 
 pytestmark = pytest.mark.postgres
@@ -159,17 +159,7 @@ def _wait_healthy(base: str, server: subprocess.Popen, log: Path) -> None:
     pytest.fail(f"mlflow server did not answer /health within {SERVER_START_S} s: {log.read_text()[-3000:]}")
 
 
-def _stop(server: subprocess.Popen) -> None:
-    """SIGTERM to the server's own process group (a new session), SIGKILL to what is left of it."""
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait(timeout=30)
-    with contextlib.suppress(ProcessLookupError):  # any child that outlived the server
-        os.killpg(server.pid, signal.SIGKILL)
+_stop = stop_process_group
 
 
 @pytest.fixture()
