@@ -60,12 +60,15 @@ class Checkpointer:
     def exists(self) -> bool:
         return self.path.is_file()
 
-    def save(self, state: dict[str, object]) -> None:
-        """Atomically: a crash mid-write leaves the previous checkpoint intact."""
+    def _save_atomically(self, obj: object, path: Path) -> None:
+        """A crash mid-write leaves the previous file intact."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_suffix(".partial")
-        torch.save(state, partial)
-        os.replace(partial, self.path)
+        partial = path.with_suffix(".partial")
+        torch.save(obj, partial)
+        os.replace(partial, path)
+
+    def save(self, state: dict[str, object]) -> None:
+        self._save_atomically(state, self.path)
 
     def load(self, expected: dict[str, object]) -> dict[str, object]:
         """The checkpoint, after checking it was made with the same training settings."""
@@ -91,10 +94,7 @@ class Checkpointer:
 
     def save_ledger(self, phases: list[object]) -> None:
         """Every phase measured so far, written when a run fails or is interrupted (newer than the checkpoint's)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        partial = self.ledger_path.with_suffix(".partial")
-        torch.save(list(phases), partial)
-        os.replace(partial, self.ledger_path)
+        self._save_atomically(list(phases), self.ledger_path)
 
     def load_ledger(self) -> list[object] | None:
         if not self.ledger_path.is_file():
@@ -103,7 +103,7 @@ class Checkpointer:
 
     def remove(self) -> None:
         """Drop the checkpoint once its run has finished (the model is logged to MLflow)."""
-        for path in (self.path, self.path.with_suffix(".partial"), self.ledger_path):
+        for path in (self.path, self.ledger_path, *(p.with_suffix(".partial") for p in (self.path, self.ledger_path))):
             path.unlink(missing_ok=True)
         if self.folder.is_dir() and not any(self.folder.iterdir()):
             self.folder.rmdir()

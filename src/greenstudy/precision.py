@@ -59,15 +59,10 @@ def cpu_capability() -> str:
     return str(torch.backends.cpu.get_cpu_capability())
 
 
-def _mkldnn_supports(name: str) -> bool:
+def _torch_says(namespace: object, name: str) -> bool:
+    """Ask one of torch's private capability probes; False where this torch lacks it."""
     with contextlib.suppress(Exception):
-        return bool(getattr(torch.ops.mkldnn, name)())
-    return False
-
-
-def _cpu_has(name: str) -> bool:
-    with contextlib.suppress(Exception):
-        return bool(getattr(torch.cpu, name)())
+        return bool(getattr(namespace, name)())
     return False
 
 
@@ -78,13 +73,13 @@ def describe(device: torch.device) -> Hardware:
     cuda_capability = None
     if device.type == "cuda":
         cuda_capability = tuple(torch.cuda.get_device_capability(device))
-    bf16_isa = _cpu_has("_is_avx512_bf16_supported") or _cpu_has("_is_amx_tile_supported")
-    fp16_isa = _cpu_has("_is_amx_fp16_supported") or _cpu_has("_is_avx512_fp16_supported")
+    bf16_isa = _torch_says(torch.cpu, "_is_avx512_bf16_supported") or _torch_says(torch.cpu, "_is_amx_tile_supported")
+    fp16_isa = _torch_says(torch.cpu, "_is_amx_fp16_supported") or _torch_says(torch.cpu, "_is_avx512_fp16_supported")
     return Hardware(
         device_type=device.type,
         cpu_capability=cpu_capability(),
-        cpu_bf16=_mkldnn_supports("_is_mkldnn_bf16_supported") and bf16_isa,
-        cpu_fp16=_mkldnn_supports("_is_mkldnn_fp16_supported") and fp16_isa,
+        cpu_bf16=_torch_says(torch.ops.mkldnn, "_is_mkldnn_bf16_supported") and bf16_isa,
+        cpu_fp16=_torch_says(torch.ops.mkldnn, "_is_mkldnn_fp16_supported") and fp16_isa,
         cuda_capability=cuda_capability,
     )
 

@@ -20,7 +20,7 @@ from greenstudy.energy import EnergyMeter, machine_lock
 from greenstudy.errors import VariantSkipped
 from greenstudy.ledger import Ledger, energy_metrics, write_ledger_csv
 from greenstudy.precision import cpu_capability, describe
-from greenstudy.progress import duration, say
+from greenstudy.progress import say
 from greenstudy.record import Upstream, VariantRecord, record_metrics
 from greenstudy.resume import ResumePlan, plan_resume
 from greenstudy.tracking import ensure_tracking_reachable, log_final, log_torch_model, run_scope
@@ -50,6 +50,7 @@ class MainOutcome:
     experiment: str
     parent_run_id: str
     children: list[ChildOutcome]
+    energy_method: str = ""
 
     @property
     def failed(self) -> list[ChildOutcome]:
@@ -111,9 +112,7 @@ def log_record(record: VariantRecord, cfg: RunConfig, lean: bool) -> dict[str, f
     if record.control.stopped_early:
         mlflow.set_tag("stopped_early", record.control.stopped_early)
     mlflow.log_dict(cfg.as_dict(), "config.json")
-    with tempfile.TemporaryDirectory() as tmp:
-        upstream = record.upstream.ledger if record.upstream else None
-        mlflow.log_artifact(str(write_ledger_csv(Path(tmp) / "energy_ledger.csv", record.ledger, upstream)))
+    _log_ledger(record.ledger, record.upstream)
     if not lean:
         log_torch_model(record.model, record.example)
     return metrics
@@ -181,15 +180,19 @@ def _keep_partial_energy(job: VariantJob) -> None:
             phase.kind = "interrupted"
     if not job.ledger:
         return
-    upstream = job.upstream.ledger if job.upstream else None
     try:
         if job.checkpointer:
             job.checkpointer.save_ledger(job.ledger)
-        log_final(energy_metrics(Ledger(job.ledger), upstream))
-        with tempfile.TemporaryDirectory() as tmp:
-            mlflow.log_artifact(str(write_ledger_csv(Path(tmp) / "energy_ledger.csv", Ledger(job.ledger), upstream)))
+        log_final(energy_metrics(Ledger(job.ledger), job.upstream.ledger if job.upstream else None))
+        _log_ledger(Ledger(job.ledger), job.upstream)
     except Exception as exc:  # noqa: BLE001 - the original error is what the run must report
         say(f"(could not keep the partial energy ledger: {type(exc).__name__}: {exc})")
+
+
+def _log_ledger(own: Ledger, upstream: Upstream | None) -> None:
+    """The run's `energy_ledger.csv`: upstream phases (naming their run) first, then its own."""
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.log_artifact(str(write_ledger_csv(Path(tmp) / "energy_ledger.csv", own, upstream.ledger if upstream else None)))
 
 
 def _headline(metrics: dict[str, float]) -> str:
@@ -236,7 +239,7 @@ def run_main(cfg: RunConfig) -> MainOutcome:
                 if plan and variant in plan.finished:
                     done = plan.finished[variant]
                     say(f"[{cfg.model}/{variant}] already {done.status} in run {done.run_id}: not re-run")
-                    children.append(plan.finished[variant])
+                    children.append(done)
                     continue
                 try:
                     child = run_variant(bench, variant, tags, upstream=upstream,
@@ -253,7 +256,7 @@ def run_main(cfg: RunConfig) -> MainOutcome:
             bench.meter.stop()
         if children and all(child.status in ("FAILED", "KILLED") for child in children):
             raise RuntimeError("every variant failed: " + "; ".join(f"{c.variant}: {c.error}" for c in children))
-    return MainOutcome(cfg.experiment_name, parent.info.run_id, children)
+    return MainOutcome(cfg.experiment_name, parent.info.run_id, children, tags["energy_method"])
 
 
 def _mark_sitting(resumed_parent: str) -> None:
@@ -285,7 +288,7 @@ def _log_parent_summary(children: list[ChildOutcome]) -> None:
         mlflow.log_artifact(str(write_variants_table(children, Path(tmp) / "variants.csv")))
 
 
-def summary_lines(outcome: MainOutcome, total_seconds: float | None = None) -> list[str]:
+def summary_lines(outcome: MainOutcome) -> list[str]:
     """What a person reads at the end of a run."""
     uri = mlflow.get_tracking_uri()
     lines = [f"experiment: {outcome.experiment}", f"parent run id: {outcome.parent_run_id}"]
@@ -300,13 +303,7 @@ def summary_lines(outcome: MainOutcome, total_seconds: float | None = None) -> l
             )
         else:
             lines.append(f"  {child.variant:<10} run {child.run_id}  {child.status}: {child.error}")
-    lines.append(f"energy figures are {'measured' if 'rapl' in _method() else 'CodeCarbon estimates'}; CPU capability {cpu_capability()}")
-    if total_seconds is not None:
-        lines.append(f"total time: {duration(total_seconds)}")
+    lines.append(f"energy: {outcome.energy_method} (CPU capability {cpu_capability()})")
     lines.append(f"browse: mlflow ui --backend-store-uri {uri}")
     return lines
 
-
-def _method() -> str:
-    run = mlflow.last_active_run()
-    return run.data.tags.get("energy_method", "") if run else ""
