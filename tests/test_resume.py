@@ -106,3 +106,33 @@ def test_bad_resume_id_and_other_settings_are_one_line(tiny_data_dir: Path, trac
     assert result.returncode == 2, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: resume: run ") and "other settings: lr=0.1 (now 0.05)" in last
+
+
+def test_interrupt_while_waiting_for_the_measurement_lock(tiny_data_dir: Path, tracking_uri: str, tmp_path: Path) -> None:
+    """Ctrl-C is deferred to safe points under run_cli; waiting for another run's lock is one of them."""
+    lock = tmp_path / "energy.lock"
+    holder = subprocess.Popen([PYTHON, "-c", "import sys, time\nfrom greenstudy.energy import machine_lock\n"
+                               "with machine_lock('holder'):\n    print('held', flush=True); time.sleep(300)"],
+                              env={**entry_env(tracking_uri), "GREENSTUDY_ENERGY_LOCK": str(lock)},
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        args = [*ARGS, "--data-dir", str(tiny_data_dir), "--checkpoint-dir", str(tmp_path / "ckpt"), "--experiment", "wait"]
+        waiter = subprocess.Popen([PYTHON, str(ROOT / "mlproject" / "main.py"), *args], cwd=tmp_path,
+                                  env={**entry_env(tracking_uri), "GREENSTUDY_ENERGY_LOCK": str(lock)},
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        waited = ""
+        while "waiting for pid" not in waited:
+            line = waiter.stderr.readline()
+            assert line, f"ended without waiting: {waited[-2000:]}"
+            waited += line
+        waiter.send_signal(signal.SIGTERM)
+        _, err = waiter.communicate(timeout=30)
+        assert waiter.returncode == 130, err[-2000:]
+        assert "stopping after the current batch" in err
+        exp = MlflowClient(tracking_uri).get_experiment_by_name("wait")
+        runs = MlflowClient(tracking_uri).search_runs([exp.experiment_id]) if exp else []
+        assert all(run.info.status == "KILLED" for run in runs), [run.info.status for run in runs]
+    finally:
+        holder.kill()
+        holder.wait()

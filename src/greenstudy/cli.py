@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from collections.abc import Callable
 
+from greenstudy import interrupts
 from greenstudy.errors import GreenstudyError
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def run_cli(job: Callable[[], int]) -> int:
     """Run `job`, turning user errors into one clear line on stderr, and Ctrl-C or SIGTERM (what
-    `mlflow run` sends when it is cancelled) into KILLED runs and exit 130."""
-    signal.signal(signal.SIGTERM, _interrupt)
+    `mlflow run` sends when it is cancelled) into KILLED runs and exit 130, at the next batch
+    (greenstudy.interrupts) so that no tracking write is cut in half."""
+    interrupts.install()
     try:
         return job()
     except GreenstudyError as exc:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from greenstudy.errors import DataError
+from greenstudy.interrupts import stop_if_interrupted
 
 SYNTHETIC_MARKER = "SYNTHETIC.txt"
 
@@ -295,6 +296,7 @@ def train_batches(
     order = torch.randperm(count, device=split.images.device, generator=generator)
     stop = count - count % batch_size if count >= batch_size else count
     for start in range(0, stop, batch_size):
+        stop_if_interrupted()
         index = order[start : start + batch_size]
         images = split.images[index]
         if augment:
@@ -305,4 +307,5 @@ def train_batches(
 def eval_batches(split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches in order, last one short."""
     for start in range(0, len(split), batch_size):
+        stop_if_interrupted()
         yield split.images[start : start + batch_size], split.labels[start : start + batch_size]

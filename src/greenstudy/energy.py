@@ -26,6 +26,7 @@ os.environ.setdefault("CODECARBON_LOG_LEVEL", "error")  # its repeated warnings 
 
 import torch  # noqa: E402
 
+from greenstudy.interrupts import stop_if_interrupted  # noqa: E402
 from greenstudy.ledger import MissingEnergyReading, PhaseEnergy, check_phase  # noqa: E402
 
 _CPU_METHODS = {
@@ -55,6 +56,14 @@ def _open_lock(path: Path) -> int:
     return fd
 
 
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 @contextmanager
 def machine_lock(label: str) -> Iterator[None]:
     """Hold the machine's measurement lock for the enclosed block; wait (one line on stderr) while
@@ -62,12 +71,12 @@ def machine_lock(label: str) -> Iterator[None]:
     path = lock_path()
     fd = _open_lock(path)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _try_lock(fd):
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
             print(f"energy: waiting for {holder} to finish measuring on this machine ({path})", file=sys.stderr, flush=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            while not _try_lock(fd):
+                stop_if_interrupted()
+                time.sleep(0.2)
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} ({label})".encode(), 0)

@@ -16,6 +16,7 @@ from torch import nn
 
 from greenstudy.data import Normalizer, Split, eval_batches, train_batches
 from greenstudy.errors import TrainingDiverged
+from greenstudy.interrupts import stop_if_interrupted
 from greenstudy.precision import Precision
 
 
@@ -167,6 +168,7 @@ def run_inference_for(model: Callable[[torch.Tensor], torch.Tensor], batch: torc
     images = 0
     with precision.autocast(device):
         while images == 0 or time.perf_counter() - started < seconds:
+            stop_if_interrupted()
             model(batch)
             images += batch.shape[0]  # on CUDA the work queues ahead; the measured phase synchronises at its end
     return images

@@ -19,6 +19,7 @@ from greenstudy.data import CifarData, Normalizer, eval_batches
 from greenstudy.energy import EnergyMeter
 from greenstudy.errors import VariantSkipped
 from greenstudy.fitting import fit
+from greenstudy.interrupts import stop_if_interrupted
 from greenstudy.ledger import Ledger, PhaseEnergy
 from greenstudy.models import build_model, classifier_layer, count_macs_params, model_size_mb
 from greenstudy.precision import Hardware, Precision, choose_mixed_precision
@@ -203,6 +204,7 @@ def quantize_int8(model: nn.Module, calibration: list[torch.Tensor]) -> nn.Modul
         prepared = prepare_fx(model, get_default_qconfig_mapping("x86"), example_inputs=(calibration[0],))
         with torch.no_grad():
             for batch in calibration:
+                stop_if_interrupted()
                 prepared(batch)
         return convert_fx(prepared)
 
