@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(summary_lines(outcome)))
         return 1 if outcome.failed else 0
 
-    return run_cli(job)
+    return run_cli(job, defer_interrupts=True)
 
 
 if __name__ == "__main__":

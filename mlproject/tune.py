@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(outcome.summary))
         return 0
 
-    return run_cli(job)
+    return run_cli(job, defer_interrupts=True)
 
 
 if __name__ == "__main__":

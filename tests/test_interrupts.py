@@ -20,6 +20,7 @@ def deferred() -> Iterator[None]:
     yield
     signal.signal(signal.SIGINT, saved[0])
     signal.signal(signal.SIGTERM, saved[1])
+    interrupts.reset()
 
 
 def test_signal_waits_for_the_next_safe_point(deferred: None) -> None:
@@ -29,6 +30,7 @@ def test_signal_waits_for_the_next_safe_point(deferred: None) -> None:
     with pytest.raises(KeyboardInterrupt, match="signal 2"):
         interrupts.stop_if_interrupted()
     interrupts.stop_if_interrupted()  # raised once
+    assert not interrupts.pending()
 
 
 def test_asking_again_later_stops_at_once(deferred: None, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -38,3 +40,4 @@ def test_asking_again_later_stops_at_once(deferred: None, monkeypatch: pytest.Mo
     with pytest.raises(KeyboardInterrupt, match="signal 2"):
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.1)  # the handler runs here, in the main thread
+    assert not interrupts.pending(), "a forced stop is not raised a second time"

@@ -115,6 +115,7 @@ def test_interrupt_while_waiting_for_the_measurement_lock(tiny_data_dir: Path, t
                                "with machine_lock('holder'):\n    print('held', flush=True); time.sleep(300)"],
                               env={**entry_env(tracking_uri), "GREENSTUDY_ENERGY_LOCK": str(lock)},
                               stdout=subprocess.PIPE, text=True)
+    waiter: subprocess.Popen[str] | None = None
     try:
         assert holder.stdout.readline().strip() == "held"
         args = [*ARGS, "--data-dir", str(tiny_data_dir), "--checkpoint-dir", str(tmp_path / "ckpt"), "--experiment", "wait"]
@@ -130,9 +131,12 @@ def test_interrupt_while_waiting_for_the_measurement_lock(tiny_data_dir: Path, t
         _, err = waiter.communicate(timeout=30)
         assert waiter.returncode == 130, err[-2000:]
         assert "stopping after the current batch" in err
-        exp = MlflowClient(tracking_uri).get_experiment_by_name("wait")
-        runs = MlflowClient(tracking_uri).search_runs([exp.experiment_id]) if exp else []
-        assert all(run.info.status == "KILLED" for run in runs), [run.info.status for run in runs]
+        parent = _only(MlflowClient(tracking_uri), "wait", "parent")
+        assert parent.info.status == "KILLED"
+        runs = MlflowClient(tracking_uri).search_runs([parent.info.experiment_id])
+        assert [run.info.status for run in runs] == ["KILLED"] * len(runs)
     finally:
-        holder.kill()
-        holder.wait()
+        for process in (holder, waiter):
+            if process is not None:
+                process.kill()
+                process.wait()

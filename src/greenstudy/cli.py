@@ -13,13 +13,18 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 
-def run_cli(job: Callable[[], int]) -> int:
+def run_cli(job: Callable[[], int], defer_interrupts: bool = False) -> int:
     """Run `job`, turning user errors into one clear line on stderr, and Ctrl-C or SIGTERM (what
-    `mlflow run` sends when it is cancelled) into KILLED runs and exit 130, at the next batch
-    (greenstudy.interrupts) so that no tracking write is cut in half."""
-    interrupts.install()
+    `mlflow run` sends when it is cancelled) into KILLED runs and exit 130. With `defer_interrupts`
+    (training jobs) the signal takes effect at the next safe point (greenstudy.interrupts), so that
+    no tracking write is cut in half."""
+    if defer_interrupts:
+        interrupts.install()
     try:
-        return job()
+        code = job()
+        if interrupts.pending():
+            print("interrupt came after the last batch: the work had finished and is logged", file=sys.stderr)
+        return code
     except GreenstudyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

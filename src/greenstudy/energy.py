@@ -70,6 +70,7 @@ def machine_lock(label: str) -> Iterator[None]:
     another measured run holds it. The lock dies with its process (flock), so a crash frees it."""
     path = lock_path()
     fd = _open_lock(path)
+    held = False
     try:
         if not _try_lock(fd):
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
@@ -77,14 +78,16 @@ def machine_lock(label: str) -> Iterator[None]:
             while not _try_lock(fd):
                 stop_if_interrupted()
                 time.sleep(0.2)
+        held = True
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} ({label})".encode(), 0)
         yield
     finally:
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        if held:  # an interrupted wait leaves the holder's label alone
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
 

@@ -18,6 +18,7 @@ from greenstudy.control import TrainingControl
 from greenstudy.data import CifarData, load_cifar
 from greenstudy.energy import EnergyMeter, machine_lock
 from greenstudy.errors import VariantSkipped
+from greenstudy.interrupts import stop_if_interrupted
 from greenstudy.ledger import Ledger, energy_metrics, write_ledger_csv
 from greenstudy.precision import cpu_capability, describe
 from greenstudy.progress import say
@@ -224,6 +225,7 @@ def _upstream_of(child: ChildOutcome) -> Upstream | None:
 def run_main(cfg: RunConfig) -> MainOutcome:
     """Train, measure and log every requested variant of one model (or go on with an interrupted run)."""
     device, cpu_data = prepare(cfg)
+    stop_if_interrupted()  # a download or an extraction may have taken a while
     plan: ResumePlan | None = plan_resume(cfg, device) if cfg.resume else None
     if plan:
         _mark_sitting(cfg.resume)
@@ -241,6 +243,7 @@ def run_main(cfg: RunConfig) -> MainOutcome:
                     say(f"[{cfg.model}/{variant}] already {done.status} in run {done.run_id}: not re-run")
                     children.append(done)
                     continue
+                stop_if_interrupted()
                 try:
                     child = run_variant(bench, variant, tags, upstream=upstream,
                                         resume_run_id=plan.unfinished.get(variant, "") if plan else "")

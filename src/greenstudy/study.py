@@ -36,6 +36,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from greenstudy.errors import ConfigError, GreenstudyError
+from greenstudy.interrupts import stop_if_interrupted
 from greenstudy.storage import create_or_load_study, default_storage_url, masked_url, open_storage
 from greenstudy.study_front import (
     DIRECTIONS,
@@ -284,6 +285,7 @@ def _run_parent(config: StudyConfig, study: optuna.Study, trainer: Trainer, show
         if untried(study, config) == []:
             say(f"every batch size of {config.batch_choices} has been tried: the study stops here")
             study.stop()
+        stop_if_interrupted()  # between trials: the finished one is told and logged
 
     parent_tags = {**trainer.tags, "kind": "study", "optuna_storage": shown_storage, "optuna_sampler": config.sampler,
                    "sampler_seed": str(sampler_seed), "objective": config.objective}
