@@ -112,6 +112,7 @@ def test_mlflow_run_end_to_end(tiny_data_dir: Path, tracking_uri: str) -> None:
     model = mlflow.pytorch.load_model(f"runs:/{baseline.info.run_id}/model")
     assert model(torch.zeros(3, 3, 32, 32)).shape == (3, 100)
     assert "parent run id: " + parents[0].info.run_id in result.stdout
+    assert "experiment: e2e\n" in result.stdout, "the summary names the experiment the runs are in"
 
 
 @pytest.mark.parametrize("model_name", ["resnet18", "efficientnet_b0"])

@@ -259,7 +259,8 @@ def run_main(cfg: RunConfig) -> MainOutcome:
             bench.meter.stop()
         if children and all(child.status in ("FAILED", "KILLED") for child in children):
             raise RuntimeError("every variant failed: " + "; ".join(f"{c.variant}: {c.error}" for c in children))
-    return MainOutcome(cfg.experiment_name, parent.info.run_id, children, tags["energy_method"])
+    experiment = mlflow.get_experiment(parent.info.experiment_id).name  # `mlflow run --experiment-name` may differ
+    return MainOutcome(experiment, parent.info.run_id, children, tags["energy_method"])
 
 
 def _mark_sitting(resumed_parent: str) -> None:
