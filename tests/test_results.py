@@ -229,6 +229,20 @@ def test_interrupted_runs_failures_and_the_study_are_listed(tracking_uri: str, t
     with (out / "pareto.csv").open() as handle:
         assert [r["run_id"] for r in csv.DictReader(handle)] == [trials[1]]
 
+    # a second `tune` session of the same study through `mlflow run`: it logs the empty study_name default
+    # as '' (the name is in the tag optuna_study); one section gathers both sessions' trials and commands
+    later = _log(client, eid, "study-s2", {**common, "kind": "study", "optuna_study": "s"},
+                 {"study_name": "''", "model": "efficientnet_b0", "n_trials": "2", "sampler": "grid", "epochs": "5",
+                  "resume": "''"}, {"trials_complete": 3})
+    third = _log(client, eid, "trial-2", {**common, "kind": "trial", "trial_number": "2", "mlflow.parentRunId": later},
+                 {**params, "batch_size": "64", "lr": "0.1"}, {"val_acc1": 31.0, "train_energy_kwh": 0.03, "val_energy_kwh": 0.0})
+    section = regenerate([EXPERIMENT], out, study_name="s", storage=storage).read_text().split("## Batch-size study")[1]
+    section = section.split("## Pictures")[0]
+    assert section.count("### Study `s`") == 1 and f"latest parent run {later}" in section and "2 session(s)" in section
+    assert [r["run id"] for r in table_rows(section, "| trial | batch size |")][1:] == [trials[0], trials[1], third]  # front, all
+    tunes = [line for line in section.splitlines() if line.startswith("mlflow run .")]
+    assert len(tunes) == 2 and "-P study_name=s " in tunes[1] and "''" not in tunes[1] and "resume" not in tunes[1]
+
 
 # ---------------------------------------------------------------- pure parts
 

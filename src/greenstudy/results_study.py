@@ -17,7 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from greenstudy.pareto import pareto_front
-from greenstudy.results_tables import command_line, data_dir_of, markdown, num, pct, wh
+from greenstudy.results_tables import as_given, command_line, data_dir_of, markdown, num, pct, wh
 from greenstudy.tracking import write_dict_csv
 
 FRONT_PICTURES = ("pareto_front.png", "energy_to_target.png")
@@ -38,17 +38,19 @@ class StudySection:
     picture: str = ""  # file name in results/, '' when the parent has none
     csv_name: str = ""
     notes: list[str] = field(default_factory=list)
+    sessions: int = 1  # `tune` invocations of this study (their commands, one per line)
 
     def markdown(self) -> list[str]:
         p, m = self.run.data.params, self.run.data.metrics
-        name = p.get("study_name", self.run.info.run_name or "?")
+        name = study_name_of(self.run) or self.run.info.run_name or "?"
         energy_key = next((k for k in self.front[0] if k.endswith("_kwh")), FINAL_ENERGY) if self.front else FINAL_ENERGY
         rows = [[r.get("trial", ""), r.get("batch_size", ""), num(_float(r.get("lr")), ".4g"), pct(_float(r.get("val_acc1"))),
                  wh(_float(r.get(energy_key))), r.get("run_id", "")] for r in self.front]
         counts = ", ".join(f"{m[k]:.0f} {k.split('_')[1]}" for k in ("trials_complete", "trials_pruned", "trials_failed")
                            if k in m)
         lines = [
-            f"### Study `{name}` (parent run {self.run.info.run_id}, {self.run.info.status})", "",
+            f"### Study `{name}` (latest parent run {self.run.info.run_id}, {self.run.info.status}; "
+            f"{self.sessions} session(s), commands below in order)", "",
             f"- model {p.get('model', '?')}, objective {p.get('objective', '?')}, sampler {p.get('sampler', '?')}, "
             f"{p.get('epochs', '?')} epochs per trial, batch sizes {p.get('batch_size_choices', '?')}",
             f"- trials: {counts or '?'}; study energy (all trials, complete, pruned and failed) "
@@ -119,6 +121,7 @@ def tune_command(client: MlflowClient, study: Run, trials: Sequence[Run]) -> str
 
     params = {k: v for t in trials[:1] for k, v in t.data.params.items() if k not in TRIAL_VARYING}
     params.update({PARAM_RENAMES.get(k, k): v for k, v in study.data.params.items() if k != "batch_size_choices"})
+    params["study_name"] = study_name_of(study)
     if "data_dir" not in params and data_dir_of(study.data.tags):
         params["data_dir"] = data_dir_of(study.data.tags)  # trials log no data_dir: where the data was found
     experiment = client.get_experiment(study.info.experiment_id).name
@@ -126,17 +129,27 @@ def tune_command(client: MlflowClient, study: Run, trials: Sequence[Run]) -> str
                         always=("model", "n_trials", "epochs", "study_name", "sampler_seed"))
 
 
+def study_name_of(run: Run) -> str:
+    """The Optuna study a study parent ran (its tag: a `study_name` param logged by `mlflow run` may be
+    the empty default)."""
+    return run.data.tags.get("optuna_study") or as_given(run.data.params.get("study_name", ""))
+
+
 def study_sections(client: MlflowClient, runs: Sequence[Run], tmp: Path, out: Path, study_name: str = "",
                    storage: str = "") -> list[StudySection]:
-    """Every study parent in `runs` (only `study_name` if given), latest first; writes pareto*.csv and the
-    front pictures into `out`."""
-    studies = [r for r in runs if r.data.tags.get("kind") == "study"
-               and (not study_name or r.data.params.get("study_name") == study_name)]
+    """One section per study (only `study_name` if given), latest first, gathering every `tune` session
+    (study parent run) of it; writes pareto*.csv and the front pictures into `out`."""
+    sessions: dict[str, list[Run]] = {}
+    for run in sorted(runs, key=lambda r: r.info.start_time or 0):
+        if run.data.tags.get("kind") == "study" and (not study_name or study_name_of(run) == study_name):
+            sessions.setdefault(study_name_of(run) or run.info.run_id, []).append(run)
     sections = []
-    for k, study in enumerate(sorted(studies, key=lambda r: -(r.info.start_time or 0))):
-        suffix = "" if k == 0 else f"-{study.data.params.get('study_name', study.info.run_id)}"
-        trials = trial_runs(client, study)
-        name = study.data.params.get("study_name", "")
+    for k, group in enumerate(sorted(sessions.values(), key=lambda g: -(g[-1].info.start_time or 0))):
+        study = group[-1]  # the latest session: its metrics and artifacts cover the whole study
+        suffix = "" if k == 0 else f"-{study_name_of(study) or study.info.run_id}"
+        per_session = [(session, trial_runs(client, session)) for session in group]
+        trials = sorted((t for _, found in per_session for t in found), key=lambda r: int(r.data.tags.get("trial_number", "0") or 0))
+        name = study_name_of(study)
         artifact = _artifact(client, study.info.run_id, "pareto.csv", tmp / study.info.run_id)
         if storage and name:
             front, source = front_from_optuna(storage, name), f"Optuna storage {storage.split('@')[-1]}"
@@ -144,7 +157,8 @@ def study_sections(client: MlflowClient, runs: Sequence[Run], tmp: Path, out: Pa
             front, source = list(csv.DictReader(io.StringIO(artifact.read_text()))), "the parent's pareto.csv artifact"
         else:
             front, source = front_from_trials(trials), "the trial runs' metrics (no pareto.csv artifact)"
-        section = StudySection(study, front, source, [trial_row(t) for t in trials], tune_command(client, study, trials))
+        commands = "\n".join(tune_command(client, session, found) for session, found in per_session)
+        section = StudySection(study, front, source, [trial_row(t) for t in trials], commands, sessions=len(group))
         if front:
             section.csv_name = f"pareto{suffix}.csv"
             write_dict_csv(front, list(front[0]), out / section.csv_name)

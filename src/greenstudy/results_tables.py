@@ -254,7 +254,13 @@ def data_dir_of(tags: Mapping[str, str]) -> str:
     return str(PurePath(source.split(":", 1)[1]).parent) if ":" in source else ""
 
 
+def as_given(value: str) -> str:
+    """A param value as the user gave it: `mlflow run` logs an empty string parameter as `''`."""
+    return "" if value in ("''", '""') else value
+
+
 def _same(value: str, default: object) -> bool:
+    value = as_given(value)
     if default is None:
         return value.strip().lower() in ("", "none", "null", "0", "0.0", "auto")
     if isinstance(default, bool):
@@ -275,5 +281,5 @@ def command_line(parser: argparse.ArgumentParser, params: Mapping[str, str], exp
         name = action.dest
         if name == "help" or name not in params or (name not in always and _same(params[name], action.default)):
             continue
-        parts.append(f"-P {name}={shlex.quote(params[name])}")
+        parts.append(f"-P {name}={shlex.quote(as_given(params[name]))}")
     return " ".join(parts)
