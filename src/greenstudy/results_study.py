@@ -75,10 +75,14 @@ def _float(value: object) -> float | None:
         return None
 
 
+def trial_number(run: Run) -> int:
+    return int(run.data.tags.get("trial_number", "0") or 0)
+
+
 def trial_runs(client: MlflowClient, study: Run) -> list[Run]:
     found = client.search_runs([study.info.experiment_id], f"tags.`mlflow.parentRunId` = '{study.info.run_id}'",
                                max_results=5000)
-    return sorted(found, key=lambda r: int(r.data.tags.get("trial_number", "0") or 0))
+    return sorted(found, key=trial_number)
 
 
 def trial_row(run: Run) -> list[str]:
@@ -148,7 +152,7 @@ def study_sections(client: MlflowClient, runs: Sequence[Run], tmp: Path, out: Pa
         study = group[-1]  # the latest session: its metrics and artifacts cover the whole study
         suffix = "" if k == 0 else f"-{study_name_of(study) or study.info.run_id}"
         per_session = [(session, trial_runs(client, session)) for session in group]
-        trials = sorted((t for _, found in per_session for t in found), key=lambda r: int(r.data.tags.get("trial_number", "0") or 0))
+        trials = sorted((t for _, found in per_session for t in found), key=trial_number)
         name = study_name_of(study)
         artifact = _artifact(client, study.info.run_id, "pareto.csv", tmp / study.info.run_id)
         if storage and name:
