@@ -148,9 +148,9 @@ def study_sections(client: MlflowClient, runs: Sequence[Run], tmp: Path, out: Pa
         if run.data.tags.get("kind") == "study" and (not study_name or study_name_of(run) == study_name):
             sessions.setdefault(study_name_of(run) or run.info.run_id, []).append(run)
     sections = []
-    for k, group in enumerate(sorted(sessions.values(), key=lambda g: -(g[-1].info.start_time or 0))):
+    for k, (key, group) in enumerate(sorted(sessions.items(), key=lambda item: -(item[1][-1].info.start_time or 0))):
         study = group[-1]  # the latest session: its metrics and artifacts cover the whole study
-        suffix = "" if k == 0 else f"-{study_name_of(study) or study.info.run_id}"
+        suffix = "" if k == 0 else f"-{key}"
         per_session = [(session, trial_runs(client, session)) for session in group]
         trials = sorted((t for _, found in per_session for t in found), key=trial_number)
         name = study_name_of(study)
