@@ -19,12 +19,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from greenstudy.data import SPECS, CifarData, load_cifar, locate_dataset, write_synthetic_cifar
-from greenstudy.energy import EnergyMeter
 from greenstudy.errors import DataError
-from greenstudy.ledger import PhaseEnergy
-from greenstudy.models import build_model
-from greenstudy.precision import cpu_capability, describe
+from greenstudy.measure.energy import EnergyMeter
+from greenstudy.measure.ledger import PhaseEnergy
+from greenstudy.measure.precision import cpu_capability, describe
+from greenstudy.training.data import SPECS, CifarData, load_cifar, locate_dataset, write_synthetic_cifar
+from greenstudy.training.models import build_model
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_DATA_DIR = str(SHARED_DATA if SHARED_DATA.is_dir() else "data")
@@ -168,7 +168,7 @@ class UsualRecipe:
 
 
 # ---------------------------------------------------------------------------------------------
-# CodeCarbon through greenstudy.energy
+# CodeCarbon through greenstudy.measure.energy
 # ---------------------------------------------------------------------------------------------
 
 

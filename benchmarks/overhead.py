@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/overhead.py --model efficientnet_b0 [--reps 4 --epochs 2 --train-images 2560]
 
 `tracked` is the real code path of a variant's training: a child MLflow run (real SQLite store in a
-temp dir) with its params, greenstudy.fitting.fit (a CodeCarbon phase for train and one for validation,
+temp dir) with its params, greenstudy.training.fitting.fit (a CodeCarbon phase for train and one for validation,
 one log_epoch per epoch), the ledger's final metrics and energy_ledger.csv as an artifact. `plain` builds
 the same TrainSetup and runs the same train_one_epoch + evaluate, with nothing tracked. Left out of both:
 checkpoints (not tracking), the machine lock (waiting on other runs would be noise), model logging.
@@ -32,17 +32,17 @@ from _common import DEFAULT_DATA_DIR, find_data, hardware_line, load_average, ma
 
 from greenstudy.cli import one_line_parser, run_cli  # noqa: E402
 from greenstudy.config import RunConfig  # noqa: E402
-from greenstudy.control import TrainingControl  # noqa: E402
-from greenstudy.data import CifarData, Normalizer, Split  # noqa: E402
-from greenstudy.energy import EnergyMeter  # noqa: E402
 from greenstudy.errors import ConfigError  # noqa: E402
-from greenstudy.fitting import fit  # noqa: E402
-from greenstudy.ledger import Ledger, PhaseEnergy, energy_metrics, write_ledger_csv  # noqa: E402
-from greenstudy.models import build_model  # noqa: E402
-from greenstudy.precision import Precision  # noqa: E402
-from greenstudy.run import contract_params  # noqa: E402
+from greenstudy.measure.energy import EnergyMeter  # noqa: E402
+from greenstudy.measure.ledger import Ledger, PhaseEnergy, energy_metrics, write_ledger_csv  # noqa: E402
+from greenstudy.measure.precision import Precision  # noqa: E402
+from greenstudy.runs.outcome import contract_params  # noqa: E402
 from greenstudy.tracking import log_final, run_scope  # noqa: E402
-from greenstudy.train import (  # noqa: E402
+from greenstudy.training.control import TrainingControl  # noqa: E402
+from greenstudy.training.data import CifarData, Normalizer, Split  # noqa: E402
+from greenstudy.training.fitting import fit  # noqa: E402
+from greenstudy.training.models import build_model  # noqa: E402
+from greenstudy.training.steps import (  # noqa: E402
     TrainSetup,
     evaluate,
     make_optimizer,
@@ -74,7 +74,7 @@ def plain_training(cfg: RunConfig, data: CifarData, device: torch.device) -> flo
 
 
 def tracked_training(cfg: RunConfig, data: CifarData, device: torch.device, meter: EnergyMeter, rep: int) -> tuple[float, float]:
-    """The same training as a tracked MLflow child run (greenstudy.fitting.fit: one CodeCarbon phase for
+    """The same training as a tracked MLflow child run (greenstudy.training.fitting.fit: one CodeCarbon phase for
     train and one for validation per epoch, per-epoch metrics; then the ledger's final metrics and its CSV);
     returns (wall seconds, seconds inside the measured train/val phases)."""
     started = time.perf_counter()

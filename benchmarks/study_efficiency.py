@@ -26,9 +26,9 @@ import mlflow
 import optuna
 
 from greenstudy.config import RunConfig
-from greenstudy.study import run_study
-from greenstudy.study_front import front_trials, hypervolume, study_energy_kwh
-from greenstudy.tune_params import StudyConfig
+from greenstudy.study.front import front_trials, hypervolume, study_energy_kwh
+from greenstudy.study.params import StudyConfig
+from greenstudy.study.tune import run_study
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

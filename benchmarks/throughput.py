@@ -6,9 +6,9 @@ Configurations, all on the same data and model architecture, measured after warm
 number of steps, in alternating rounds (the order rotates each round) so machine noise hits all alike:
   usual  torchvision-style CIFAR-100 Dataset of PIL images + RandomCrop/Flip/ToTensor/Normalize +
          DataLoader(2 workers) + fp32 eager model + textbook SGD step with loss.item()
-  ours   greenstudy.train.train_one_epoch on the whole split held as uint8 on the device, augmented
+  ours   greenstudy.training.steps.train_one_epoch on the whole split held as uint8 on the device, augmented
          there; fp32 / mixed precision, channels_last or not, torch.compile where tried.
-Mixed precision is measured only where the hardware runs it natively (greenstudy.precision: bf16 on
+Mixed precision is measured only where the hardware runs it natively (greenstudy.measure.precision: bf16 on
 Ampere+ GPUs and on CPUs with AVX-512 BF16 / AMX, fp16 + GradScaler on older GPUs); elsewhere it is
 skipped with a line saying why, unless forced with --amp-dtype bf16|fp16 (emulated: slow). The
 measured steps are cut to fit --budget-min, from the step times seen in the warm-up.
@@ -49,11 +49,11 @@ from _common import (  # noqa: E402
 
 from greenstudy.cli import one_line_parser, run_cli  # noqa: E402
 from greenstudy.config import MODELS  # noqa: E402
-from greenstudy.data import CifarData, Normalizer, Split  # noqa: E402
 from greenstudy.errors import ConfigError  # noqa: E402
-from greenstudy.models import build_model, count_macs_params  # noqa: E402
-from greenstudy.precision import AMP_DTYPES, Precision, PrecisionChoice, choose_mixed_precision, describe  # noqa: E402
-from greenstudy.train import (  # noqa: E402
+from greenstudy.measure.precision import AMP_DTYPES, Precision, PrecisionChoice, choose_mixed_precision, describe  # noqa: E402
+from greenstudy.training.data import CifarData, Normalizer, Split  # noqa: E402
+from greenstudy.training.models import build_model, count_macs_params  # noqa: E402
+from greenstudy.training.steps import (  # noqa: E402
     TrainSetup,
     make_optimizer,
     make_scheduler,

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/variants.py --model resnet18 --train-subset 2000 --epochs 2 --test-subset 1000
 
-Runs greenstudy.run.run_main (the real thing: a parent MLflow run with one child per variant, in a
+Runs greenstudy.runs.main_run.run_main (the real thing: a parent MLflow run with one child per variant, in a
 SQLite store in a temp dir unless --tracking-uri is given) and prints, per variant: top-1 accuracy and
 its delta to baseline, own energy (train + val + setup + test, not inference) and its ratio, lifecycle
 energy (own + the baseline's for pruned/quantized), inference images/s and energy per 1,000 images and
@@ -26,8 +26,9 @@ from _common import DEFAULT_DATA_DIR, hardware_line, load_average, machine_line 
 
 from greenstudy.cli import one_line_parser, run_cli  # noqa: E402
 from greenstudy.config import RunConfig, parse_variants  # noqa: E402
-from greenstudy.run import ChildOutcome, run_main  # noqa: E402
-from greenstudy.train import resolve_device  # noqa: E402
+from greenstudy.runs.main_run import run_main  # noqa: E402
+from greenstudy.runs.outcome import ChildOutcome  # noqa: E402
+from greenstudy.training.steps import resolve_device  # noqa: E402
 
 
 def parse(argv: list[str]) -> tuple[RunConfig, str]:

@@ -1,4 +1,4 @@
-"""Entry point `main`: argument parsing only; the work is greenstudy.run.run_main."""
+"""Entry point `main`: argument parsing only; the work is greenstudy.runs.main_run.run_main."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from greenstudy.cli import run_cli
 
 def main(argv: list[str] | None = None) -> int:
     def job() -> int:
-        from greenstudy.params import parse_main
-        from greenstudy.run import run_main, summary_lines
+        from greenstudy.runs.main_run import run_main, summary_lines
+        from greenstudy.runs.params import parse_main
 
         cfg = parse_main(sys.argv[1:] if argv is None else argv)
         outcome = run_main(cfg)

@@ -1,4 +1,4 @@
-"""Entry point `report`: argument parsing only; the work is greenstudy.report.build_report."""
+"""Entry point `report`: argument parsing only; the work is greenstudy.report.entry.build_report."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from greenstudy.cli import run_cli
 
 def main(argv: list[str] | None = None) -> int:
     def job() -> int:
-        from greenstudy.report import build_report, report_parser, summary_lines
+        from greenstudy.report.entry import build_report, report_parser, summary_lines
 
         args = report_parser().parse_args(sys.argv[1:] if argv is None else argv)
         result = build_report(args.experiment, args.parent_run_ids, args.filter, args.aggregate,

@@ -1,4 +1,4 @@
-"""Entry point `tune`: parse the parameters and run the study (greenstudy.tune_params, greenstudy.study)."""
+"""Entry point `tune`: parse the parameters and run the study (greenstudy.study.params, greenstudy.study.tune)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from greenstudy.cli import run_cli
 
 def main(argv: list[str] | None = None) -> int:
     def job() -> int:
-        from greenstudy.tune_params import parse_tune
+        from greenstudy.study.params import parse_tune
 
         config = parse_tune(sys.argv[1:] if argv is None else argv)
-        from greenstudy.study import run_study
+        from greenstudy.study.tune import run_study
 
         outcome = run_study(config)
         print("\n".join(outcome.summary))

@@ -14,7 +14,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from greenstudy.data import write_synthetic_cifar
+from greenstudy.training.data import write_synthetic_cifar
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from greenstudy.precision import Hardware, choose_mixed_precision, cpu_capability, describe
-from greenstudy.run import ChildOutcome
+from greenstudy.measure.precision import Hardware, choose_mixed_precision, cpu_capability, describe
+from greenstudy.runs.outcome import ChildOutcome
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -75,7 +75,7 @@ def test_forcing_bf16_on_an_avx2_cpu_measures_it_and_warns_it_is_emulated(
 def test_this_machine_measures_its_native_precision_beside_its_capability(
     tiny_data_dir: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """Real hardware: a mixed-precision row exactly when greenstudy.precision says it is native; the hardware line
+    """Real hardware: a mixed-precision row exactly when greenstudy.measure.precision says it is native; the hardware line
     (torch's CPU capability, core count, torch version) stands above the table and above the ratio lines."""
     lines = _run(capsys, tiny_data_dir, "--steps", "2", "--rounds", "2", "--only", "(channels_last)")
     native = choose_mixed_precision(describe(torch.device("cpu")))

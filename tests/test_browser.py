@@ -21,7 +21,7 @@ import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from greenstudy.report import build_report
+from greenstudy.report.entry import build_report
 from tests.conftest import stop_process_group, tracking_store
 
 pytestmark = pytest.mark.browser

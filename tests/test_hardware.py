@@ -10,11 +10,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from greenstudy.models import build_model
-from greenstudy.params import parse_main
-from greenstudy.precision import Hardware, choose_mixed_precision, cpu_capability, describe
-from greenstudy.run import run_main
+from greenstudy.measure.precision import Hardware, choose_mixed_precision, cpu_capability, describe
+from greenstudy.runs.main_run import run_main
+from greenstudy.runs.params import parse_main
 from greenstudy.tracking import log_torch_model
+from greenstudy.training.models import build_model
 from tests.conftest import TINY_ARGS
 
 AVX2 = Hardware("cpu", "AVX2")

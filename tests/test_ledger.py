@@ -14,11 +14,8 @@ import pytest
 import torch
 
 from greenstudy.config import RunConfig
-from greenstudy.control import TrainingControl
-from greenstudy.data import load_cifar
-from greenstudy.energy import EnergyMeter, machine_lock
-from greenstudy.fitting import fit
-from greenstudy.ledger import (
+from greenstudy.measure.energy import EnergyMeter, machine_lock
+from greenstudy.measure.ledger import (
     MAKE_AND_CHECK,
     Ledger,
     MissingEnergyReading,
@@ -27,8 +24,11 @@ from greenstudy.ledger import (
     read_ledger_csv,
     write_ledger_csv,
 )
-from greenstudy.models import build_model
-from greenstudy.precision import Precision
+from greenstudy.measure.precision import Precision
+from greenstudy.training.control import TrainingControl
+from greenstudy.training.data import load_cifar
+from greenstudy.training.fitting import fit
+from greenstudy.training.models import build_model
 
 CPU = torch.device("cpu")
 
@@ -141,7 +141,7 @@ def test_components_that_do_not_add_up_are_refused() -> None:
 
 HOLD_LOCK = """
 import sys, time
-from greenstudy.energy import machine_lock
+from greenstudy.measure.energy import machine_lock
 with machine_lock("holder"):
     print("held", flush=True)
     time.sleep(float(sys.argv[1]))

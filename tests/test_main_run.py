@@ -15,14 +15,14 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from greenstudy.ledger import MAKE_AND_CHECK, read_ledger_csv
+from greenstudy.measure.ledger import MAKE_AND_CHECK, read_ledger_csv
 from greenstudy.tracking import CONTRACT_PARAMS, CONTRACT_TAGS, EPOCH_METRICS, FINAL_METRICS
 from tests.conftest import PYTHON, ROOT, TINY_ARGS, entry_env
 
 sys.path.insert(0, str(ROOT / "mlproject"))
 import main as entry  # noqa: E402
 
-from greenstudy.precision import choose_mixed_precision, describe  # noqa: E402
+from greenstudy.measure.precision import choose_mixed_precision, describe  # noqa: E402
 
 AMP_NATIVE = choose_mixed_precision(describe(torch.device("cpu"))).runs
 
@@ -169,7 +169,7 @@ def test_four_variants(model_name: str, tiny_data_dir: Path, tracking_uri: str) 
 def test_failed_variant_marks_child_failed(tiny_data_dir: Path, tracking_uri: str) -> None:
     """A variant that raises ends FAILED with its reason in `error`; the next variant still runs."""
     from greenstudy.config import RunConfig
-    from greenstudy.run import make_bench, prepare, run_variant
+    from greenstudy.runs.main_run import make_bench, prepare, run_variant
 
     cfg = RunConfig(model="efficientnet_b0", data_dir=str(tiny_data_dir), download=False, epochs=1, batch_size=64,
                     val_size=100, train_subset=256, infer_seconds=0.2, experiment="fails")

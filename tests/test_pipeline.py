@@ -16,9 +16,9 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.data import DataLoader, Subset
 
-from greenstudy.data import Normalizer, Split, load_cifar, random_crop_flip, train_batches
-from greenstudy.models import build_model
-from greenstudy.train import (
+from greenstudy.training.data import Normalizer, Split, load_cifar, random_crop_flip, train_batches
+from greenstudy.training.models import build_model
+from greenstudy.training.steps import (
     Precision,
     TrainSetup,
     make_optimizer,

@@ -6,9 +6,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from greenstudy.params import parse_main
-from greenstudy.precision import choose_mixed_precision, describe
-from greenstudy.run import run_main
+from greenstudy.measure.precision import choose_mixed_precision, describe
+from greenstudy.runs.main_run import run_main
+from greenstudy.runs.params import parse_main
 from tests.conftest import SHARED_DATA
 
 HAS_REAL_DATA = (SHARED_DATA / "cifar-100-python.tar.gz").is_file()

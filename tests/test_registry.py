@@ -1,4 +1,4 @@
-"""The report's decision in the Model Registry (greenstudy.registry) on a real SQLite store: a tiny real
+"""The report's decision in the Model Registry (greenstudy.report.registry) on a real SQLite store: a tiny real
 `main` run (baseline + quantized), registered through the `report` entry point; aliases read back with
 MlflowClient, moved on re-runs without duplicate versions, and the aliased fp32 and int8 models loaded
 through `models:/...@alias` and run on the CPU."""
@@ -14,9 +14,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from greenstudy.comparison import RunPoint
-from greenstudy.registry import LEAST_ENERGY, MOST_ACCURATE, choose_aliases, within_alias
-from greenstudy.report import build_report
+from greenstudy.report.comparison import RunPoint
+from greenstudy.report.entry import build_report
+from greenstudy.report.registry import LEAST_ENERGY, MOST_ACCURATE, choose_aliases, within_alias
 from tests.conftest import PYTHON, ROOT, TINY_ARGS, entry_env, tracking_store
 
 EXPERIMENT = "greenstudy-registry-test"

@@ -20,7 +20,7 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from greenstudy.comparison import (
+from greenstudy.report.comparison import (
     RunPoint,
     classify,
     comparison_rows,
@@ -28,7 +28,7 @@ from greenstudy.comparison import (
     front,
     phase_breakdown,
 )
-from greenstudy.report import build_report, fetch_curves, report_for_experiment
+from greenstudy.report.entry import build_report, fetch_curves, report_for_experiment
 from tests.conftest import PYTHON, ROOT, entry_env, tracking_store
 
 EXPERIMENT = "greenstudy-report-test"
@@ -351,7 +351,7 @@ def test_mlproject_report_section_matches_the_parser() -> None:
     """Every `report` parameter reaches the script, with the parser's own default."""
     import yaml
 
-    from greenstudy.report import report_parser
+    from greenstudy.report.entry import report_parser
 
     section = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]["report"]
     defaults = {a.dest: a.default for a in report_parser()._actions if a.dest != "help"}

@@ -22,11 +22,9 @@ from mlflow.entities import Metric, Param  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from optuna.distributions import CategoricalDistribution  # noqa: E402
 
-from greenstudy.comparison import RunPoint  # noqa: E402
-from greenstudy.data import write_synthetic_cifar  # noqa: E402
-from greenstudy.params import main_parser, parse_main  # noqa: E402
-from greenstudy.results import regenerate  # noqa: E402
-from greenstudy.results_tables import (  # noqa: E402
+from greenstudy.report.comparison import RunPoint  # noqa: E402
+from greenstudy.results.build import regenerate  # noqa: E402
+from greenstudy.results.tables import (  # noqa: E402
     NOT_REACHED,
     THRESHOLDS,
     VARIANT_HEADERS,
@@ -39,7 +37,9 @@ from greenstudy.results_tables import (  # noqa: E402
     pct,
     wh,
 )
-from greenstudy.run import run_main  # noqa: E402
+from greenstudy.runs.main_run import run_main  # noqa: E402
+from greenstudy.runs.params import main_parser, parse_main  # noqa: E402
+from greenstudy.training.data import write_synthetic_cifar  # noqa: E402
 from tests.conftest import PYTHON, ROOT, SHARED_DATA, entry_env  # noqa: E402
 
 HAS_REAL_DATA = (SHARED_DATA / "cifar-100-python.tar.gz").is_file()

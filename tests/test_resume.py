@@ -13,7 +13,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from greenstudy.ledger import MAKE_AND_CHECK, read_ledger_csv
+from greenstudy.measure.ledger import MAKE_AND_CHECK, read_ledger_csv
 from tests.conftest import PYTHON, ROOT, entry_env
 
 ARGS = ["--model", "efficientnet_b0", "--variants", "baseline", "--epochs", "3", "--batch-size", "64",
@@ -111,7 +111,7 @@ def test_bad_resume_id_and_other_settings_are_one_line(tiny_data_dir: Path, trac
 def test_interrupt_while_waiting_for_the_measurement_lock(tiny_data_dir: Path, tracking_uri: str, tmp_path: Path) -> None:
     """Ctrl-C is deferred to safe points under run_cli; waiting for another run's lock is one of them."""
     lock = tmp_path / "energy.lock"
-    holder = subprocess.Popen([PYTHON, "-c", "import sys, time\nfrom greenstudy.energy import machine_lock\n"
+    holder = subprocess.Popen([PYTHON, "-c", "import sys, time\nfrom greenstudy.measure.energy import machine_lock\n"
                                "with machine_lock('holder'):\n    print('held', flush=True); time.sleep(300)"],
                               env={**entry_env(tracking_uri), "GREENSTUDY_ENERGY_LOCK": str(lock)},
                               stdout=subprocess.PIPE, text=True)

@@ -20,12 +20,9 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from greenstudy.config import RunConfig
-from greenstudy.data import write_synthetic_cifar
 from greenstudy.errors import ConfigError
 from greenstudy.pareto import hypervolume_2d
-from greenstudy.storage import create_or_load_study, open_storage
-from greenstudy.study import make_sampler, run_study
-from greenstudy.study_front import (
+from greenstudy.study.front import (
     OVER_BUDGET,
     REFERENCE_ATTR,
     TARGET_NOT_REACHED,
@@ -34,7 +31,10 @@ from greenstudy.study_front import (
     front_trials,
     study_summary_lines,
 )
-from greenstudy.tune_params import StudyConfig, batch_size_choices, default_sampler_seed, parse_tune, scaled_lr
+from greenstudy.study.params import StudyConfig, batch_size_choices, default_sampler_seed, parse_tune, scaled_lr
+from greenstudy.study.storage import create_or_load_study, open_storage
+from greenstudy.study.tune import make_sampler, run_study
+from greenstudy.training.data import write_synthetic_cifar
 from tests.conftest import PYTHON, ROOT, entry_env
 
 TUNE = str(ROOT / "mlproject" / "tune.py")

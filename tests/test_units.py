@@ -12,10 +12,11 @@ import torch
 import yaml
 
 from greenstudy.config import RunConfig, parse_variants
-from greenstudy.data import load_cifar, write_synthetic_cifar
 from greenstudy.errors import ConfigError, DataError
-from greenstudy.models import build_model, count_macs_params
-from greenstudy.variants import execution_order, prune_channels
+from greenstudy.training.data import load_cifar, write_synthetic_cifar
+from greenstudy.training.models import build_model, count_macs_params
+from greenstudy.variants.catalog import execution_order
+from greenstudy.variants.pruned import prune_channels
 from tests.conftest import ROOT
 
 
@@ -162,7 +163,7 @@ def _as_parsed(value: object) -> object:
 def test_mlproject_main_defaults_are_runconfig_defaults() -> None:
     """One definition of each default: MLproject's `main` parameters are exactly the parser's options
     (defaults from RunConfig), with the same defaults, and each reaches the command."""
-    from greenstudy.params import main_parser
+    from greenstudy.runs.params import main_parser
 
     spec = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]["main"]
     parser_defaults = {a.dest: a.default for a in main_parser()._actions if a.dest not in ("help", "experiment")}

@@ -14,8 +14,8 @@ from greenstudy.cli import one_line_parser, run_cli
 
 
 def _study_show(args: argparse.Namespace) -> int:
-    from greenstudy.storage import default_storage_url, load_existing_study
-    from greenstudy.study_front import study_summary_lines
+    from greenstudy.study.front import study_summary_lines
+    from greenstudy.study.storage import default_storage_url, load_existing_study
 
     storage = default_storage_url() if args.storage == "auto" else args.storage
     study = load_existing_study(storage, args.study_name)

@@ -16,9 +16,9 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from greenstudy.data import SPECS, write_synthetic_cifar
-from greenstudy.precision import cpu_capability
+from greenstudy.measure.precision import cpu_capability
 from greenstudy.progress import duration
+from greenstudy.training.data import SPECS, write_synthetic_cifar
 
 # Sized to end within ~5 minutes on a 2-core AVX2 CPU (fp32 ResNet-18 trains ~25 img/s there).
 DEMO_PARAMS = {
@@ -101,7 +101,7 @@ def _print_summary(client: MlflowClient, parent: mlflow.entities.Run, experiment
 def _print_report(experiment: str) -> None:
     """Write the comparison report for this experiment, when the report module is available."""
     try:
-        from greenstudy.report import report_for_experiment
+        from greenstudy.report.entry import report_for_experiment
     except ImportError:
         return
     report_run_id, location = report_for_experiment(experiment)

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-AMP_DTYPES = ("auto", "bf16", "fp16")
+from greenstudy.config import AMP_DTYPES
+
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from greenstudy.comparison import RunPoint, energy_basis, front, latest_per_group, lifecycle_energy, run_values
 from greenstudy.errors import ConfigError
+from greenstudy.report.comparison import RunPoint, energy_basis, front, latest_per_group, lifecycle_energy, run_values
 
 MOST_ACCURATE = "most-accurate"
 LEAST_ENERGY = "least-energy"

@@ -8,7 +8,7 @@ import html
 from collections.abc import Sequence
 from pathlib import Path
 
-from greenstudy.comparison import ENERGY_NOTE, HARDWARE_TAGS, SKIPPED_COLUMNS, RunPoint, Skipped, aggregate_note
+from greenstudy.report.comparison import ENERGY_NOTE, HARDWARE_TAGS, SKIPPED_COLUMNS, RunPoint, Skipped, aggregate_note
 
 DISPLAY_COLUMNS = (  # (header, column, format) of the human-readable table
     ("model", "model", "{}"), ("variant", "variant", "{}"), ("config", "config", "{}"), ("runs", "n_runs", "{}"),

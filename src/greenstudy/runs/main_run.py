@@ -6,56 +6,28 @@ from __future__ import annotations
 import csv
 import os
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
 import torch
 
-from greenstudy.checkpoint import Checkpointer, fingerprint
 from greenstudy.config import RunConfig
-from greenstudy.control import TrainingControl
-from greenstudy.data import CifarData, load_cifar
-from greenstudy.energy import EnergyMeter, machine_lock
 from greenstudy.errors import VariantSkipped
 from greenstudy.interrupts import stop_if_interrupted
-from greenstudy.ledger import Ledger, energy_metrics, write_ledger_csv
-from greenstudy.precision import cpu_capability, describe
+from greenstudy.measure.energy import EnergyMeter, machine_lock
+from greenstudy.measure.ledger import Ledger, energy_metrics, write_ledger_csv
+from greenstudy.measure.precision import cpu_capability, describe
 from greenstudy.progress import say
-from greenstudy.record import Upstream, VariantRecord, record_metrics
-from greenstudy.resume import ResumePlan, plan_resume
+from greenstudy.runs.outcome import TABLE_COLUMNS, ChildOutcome, MainOutcome, contract_params
+from greenstudy.runs.resume import ResumePlan, plan_resume
 from greenstudy.tracking import ensure_tracking_reachable, log_final, log_torch_model, run_scope
-from greenstudy.train import configure_device, resolve_device, seed_everything, set_cpu_threads
-from greenstudy.variants import DERIVED, VARIANT_RUNNERS, Bench, VariantJob, execution_order
-
-TABLE_COLUMNS = (
-    "test_acc1", "energy_kwh", "lifecycle_energy_kwh", "emissions_kg", "infer_images_per_second",
-    "infer_energy_wh_per_1k_images", "params", "macs", "model_size_mb",
-)
-
-
-@dataclass
-class ChildOutcome:
-    variant: str
-    run_id: str
-    status: str  # FINISHED, FAILED, KILLED or SKIPPED (an MLflow KILLED run tagged `skipped`)
-    metrics: dict[str, float] = field(default_factory=dict)
-    error: str = ""
-    last_epoch: dict[str, float] = field(default_factory=dict)
-    control: TrainingControl = field(default_factory=TrainingControl)
-    record: VariantRecord | None = None
-
-
-@dataclass
-class MainOutcome:
-    experiment: str
-    parent_run_id: str
-    children: list[ChildOutcome]
-    energy_method: str = ""
-
-    @property
-    def failed(self) -> list[ChildOutcome]:
-        return [child for child in self.children if child.status not in ("FINISHED", "SKIPPED")]
+from greenstudy.training.checkpoint import Checkpointer, fingerprint
+from greenstudy.training.control import TrainingControl
+from greenstudy.training.data import CifarData, load_cifar
+from greenstudy.training.steps import configure_device, resolve_device, seed_everything, set_cpu_threads
+from greenstudy.variants.catalog import DERIVED, VARIANT_RUNNERS, execution_order
+from greenstudy.variants.common import Bench, VariantJob
+from greenstudy.variants.record import Upstream, VariantRecord, record_metrics
 
 
 def prepare(cfg: RunConfig) -> tuple[torch.device, CifarData]:
@@ -84,25 +56,6 @@ def make_bench(cfg: RunConfig, device: torch.device, cpu_data: CifarData) -> tup
     say(f"energy: {tags['energy_method']} (CodeCarbon {meter.codecarbon_version}, {tags['cpu_model']}, "
         f"torch CPU capability {tags['cpu_capability']}, device {bench.hw.label})")
     return bench, tags
-
-
-def contract_params(cfg: RunConfig, variant: str, device: torch.device) -> dict[str, object]:
-    params = {
-        "model": cfg.model, "variant": variant, "dataset": cfg.dataset, "epochs": cfg.epochs,
-        "batch_size": cfg.batch_size, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
-        "label_smoothing": cfg.label_smoothing, "seed": cfg.seed, "device": device.type,
-        "train_subset": cfg.train_subset, "country_iso_code": cfg.country_iso_code,
-        "val_size": cfg.val_size, "test_subset": cfg.test_subset, "resolution": cfg.resolution,
-        "channels_last": cfg.channels_last, "compile": cfg.compile, "amp_dtype": cfg.amp_dtype,
-        "cpu_power_w": cfg.cpu_power_w, "ram_power_w": cfg.ram_power_w, "infer_seconds": cfg.infer_seconds,
-        "target_acc1": cfg.target_acc1, "stop_at_target": cfg.stop_at_target,
-    }
-    if variant == "pruned":
-        params.update(prune_ratio=cfg.prune_ratio, prune_importance=cfg.prune_importance,
-                      finetune_epochs=cfg.effective_finetune_epochs)
-    if variant == "quantized":
-        params["calib_batches"] = cfg.calib_batches
-    return params
 
 
 def log_record(record: VariantRecord, cfg: RunConfig, lean: bool) -> dict[str, float]:

@@ -18,7 +18,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from greenstudy.pareto import hypervolume_2d, pareto_front
-from greenstudy.storage import SETTINGS_ATTR
+from greenstudy.study.storage import SETTINGS_ATTR
 
 REFERENCE_ATTR = "hypervolume_reference"
 ENERGY_METRIC = {"final": "train_val_energy_kwh", "to_target": "energy_to_target_kwh"}

@@ -17,7 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from greenstudy.pareto import pareto_front
-from greenstudy.results_tables import as_given, command_line, data_dir_of, markdown, num, pct, wh
+from greenstudy.results.tables import as_given, command_line, data_dir_of, markdown, num, pct, wh
 from greenstudy.tracking import write_dict_csv
 
 FRONT_PICTURES = ("pareto_front.png", "energy_to_target.png")
@@ -107,7 +107,7 @@ def front_from_trials(trials: Sequence[Run]) -> list[dict[str, str]]:
 def front_from_optuna(storage: str, study_name: str) -> list[dict[str, str]]:
     import optuna
 
-    from greenstudy.study_front import front_rows, objective_of
+    from greenstudy.study.front import front_rows, objective_of
 
     study = optuna.load_study(study_name=study_name, storage=storage)
     return [{k: "" if v is None else str(v) for k, v in row.items()} for row in front_rows(study.get_trials(), objective_of(study))]
@@ -121,7 +121,7 @@ def _artifact(client: MlflowClient, run_id: str, name: str, tmp: Path) -> Path |
 
 
 def tune_command(client: MlflowClient, study: Run, trials: Sequence[Run]) -> str:
-    from greenstudy.tune_params import tune_parser
+    from greenstudy.study.params import tune_parser
 
     params = {k: v for t in trials[:1] for k, v in t.data.params.items() if k not in TRIAL_VARYING}
     params.update({PARAM_RENAMES.get(k, k): v for k, v in study.data.params.items() if k != "batch_size_choices"})

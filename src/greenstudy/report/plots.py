@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.collections import PathCollection  # noqa: E402
 
-from greenstudy.comparison import COMPONENTS, PHASES, Curve, RunPoint, front, lifecycle_energy  # noqa: E402
+from greenstudy.report.comparison import COMPONENTS, PHASES, Curve, RunPoint, front, lifecycle_energy  # noqa: E402
 
 COMPONENT_COLOURS = {"cpu": "#4c72b0", "gpu": "#55a868", "ram": "#c44e52"}
 MARKERS = {"baseline": "o", "amp": "^", "pruned": "s", "quantized": "D"}

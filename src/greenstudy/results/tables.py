@@ -1,6 +1,6 @@
 """The pure part of `results/`: energy to a validation accuracy, the tables of results/README.md, the poster
 comparison and the commands rebuilt from the runs' params. No MLflow here: everything takes RunPoints and their
-per-epoch histories (greenstudy.results reads them) and returns text."""
+per-epoch histories (greenstudy.results.build reads them) and returns text."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 from urllib.parse import urlsplit, urlunsplit
 
-from greenstudy.comparison import RunPoint
+from greenstudy.report.comparison import RunPoint
 
 THRESHOLDS = (40.0, 52.5)  # validation top-1 (%): a milestone and the poster's ResNet-18 figure
 NOT_REACHED = "not reached"

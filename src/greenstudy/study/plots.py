@@ -9,7 +9,7 @@ from pathlib import Path
 
 import optuna
 
-from greenstudy.study_front import objective_of
+from greenstudy.study.front import objective_of
 
 
 def plot_study(study: optuna.Study, folder: Path) -> list[Path]:

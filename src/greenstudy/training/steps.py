@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from greenstudy.data import Normalizer, Split, eval_batches, train_batches
 from greenstudy.errors import TrainingDiverged
 from greenstudy.interrupts import stop_if_interrupted
-from greenstudy.precision import Precision
+from greenstudy.measure.precision import Precision
+from greenstudy.training.data import Normalizer, Split, eval_batches, train_batches
 
 
 def seed_everything(seed: int) -> None:

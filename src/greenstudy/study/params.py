@@ -1,4 +1,4 @@
-"""The `tune` entry point's parameters: its parser (training parameters from `greenstudy.params`,
+"""The `tune` entry point's parameters: its parser (training parameters from `greenstudy.runs.params`,
 defaults from `RunConfig`) and `StudyConfig`, the validated settings of one study invocation.
 Kept free of Optuna and torch, so a bad parameter fails in a fraction of a second."""
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from greenstudy.cli import one_line_parser
 from greenstudy.config import RunConfig, optional_float, parse_bool
 from greenstudy.errors import ConfigError
-from greenstudy.params import add_training_args
+from greenstudy.runs.params import add_training_args
 
 SAMPLERS = ("nsga2", "tpe", "random", "grid")
 LR_SCALINGS = ("linear", "sqrt", "tuned")
@@ -117,7 +117,7 @@ def batch_size_choices(max_batch_size: int) -> list[int]:
 
 
 def scaled_lr(base_lr: float, batch_size: int, reference_batch_size: int, scaling: str) -> float:
-    """The lr for `batch_size` given `base_lr` at `reference_batch_size` (see greenstudy.study)."""
+    """The lr for `batch_size` given `base_lr` at `reference_batch_size` (see greenstudy.study.tune)."""
     ratio = batch_size / reference_batch_size
     if scaling == "sqrt":
         return base_lr * math.sqrt(ratio)

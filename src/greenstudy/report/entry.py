@@ -10,7 +10,7 @@ optionally only those under given parent runs and/or matching an MLflow search f
 only if it FINISHED with the metric contract; every other child (failed, skipped variants, missing
 metrics) is listed with the reason in the output and in `skipped.csv`. An experiment with nothing to
 report still gets a report run (tag `report_empty=true`) saying why. Bad input is an error before any
-run is created. The pure logic is greenstudy.comparison, the pictures greenstudy.plots.
+run is created. The pure logic is greenstudy.report.comparison, the pictures greenstudy.report.plots.
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from greenstudy.cli import one_line_parser
-from greenstudy.comparison import (
+from greenstudy.config import parse_bool
+from greenstudy.errors import ConfigError
+from greenstudy.report.comparison import (
     AGGREGATES,
     ROW_COLUMNS,
     SKIPPED_COLUMNS,
@@ -42,17 +44,15 @@ from greenstudy.comparison import (
     cumulative_curve,
     phase_breakdown,
 )
-from greenstudy.config import parse_bool
-from greenstudy.errors import ConfigError
-from greenstudy.plots import (
+from greenstudy.report.html import markdown_table, render_report_html
+from greenstudy.report.plots import (
     model_colours,
     plot_accuracy_vs_energy,
     plot_energy_breakdown,
     plot_learning_curves,
     write_accuracy_vs_energy_html,
 )
-from greenstudy.registry import Registered, check_within_points, register_front
-from greenstudy.report_html import markdown_table, render_report_html
+from greenstudy.report.registry import Registered, check_within_points, register_front
 from greenstudy.tracking import ensure_tracking_reachable, run_scope, write_dict_csv
 
 DEFAULT_EXPERIMENT = ""  # = where the runs are (see resolve_experiments)
@@ -204,7 +204,7 @@ def build_report(
     register: bool = False, within_points: float = 1.0,
 ) -> ReportResult:
     """Read the runs, log the comparison to a new run tagged kind=report and, with `register`, register
-    the front of each model (greenstudy.registry)."""
+    the front of each model (greenstudy.report.registry)."""
     if aggregate not in AGGREGATES:
         raise ConfigError(f"unknown aggregate {aggregate!r}: choose one of {', '.join(AGGREGATES)}")
     check_within_points(within_points)

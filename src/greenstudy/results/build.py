@@ -4,7 +4,7 @@
 Writes README.md (set-up, the commands rebuilt from the runs' params, the variant table per model, poster vs
 greenstudy, the batch-size study, runs still in progress with their resume command, skipped and failed runs),
 comparison.csv, pareto.csv (with a study), accuracy_vs_energy.png, learning_curves.png and the study's front
-picture. Every number is read from a run named by its MLflow run id. Pure table logic: greenstudy.results_tables."""
+picture. Every number is read from a run named by its MLflow run id. Pure table logic: greenstudy.results.tables."""
 
 from __future__ import annotations
 
@@ -24,13 +24,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from greenstudy.cli import one_line_parser, run_cli
-from greenstudy.comparison import ROW_COLUMNS, RunPoint, Skipped, classify, comparison_rows
 from greenstudy.errors import ConfigError
-from greenstudy.params import main_parser
-from greenstudy.plots import model_colours, plot_accuracy_vs_energy, plot_learning_curves
-from greenstudy.report import fetch_curves, fetch_runs, resolve_experiments
-from greenstudy.results_study import StudySection, study_sections
-from greenstudy.results_tables import (
+from greenstudy.report.comparison import ROW_COLUMNS, RunPoint, Skipped, classify, comparison_rows
+from greenstudy.report.entry import fetch_curves, fetch_runs, resolve_experiments
+from greenstudy.report.plots import model_colours, plot_accuracy_vs_energy, plot_learning_curves
+from greenstudy.results.study import StudySection, study_sections
+from greenstudy.results.tables import (
     LIFECYCLE_MARK,
     POSTER_HEADERS,
     THRESHOLDS,
@@ -48,6 +47,7 @@ from greenstudy.results_tables import (
     wh,
     when,
 )
+from greenstudy.runs.params import main_parser
 from greenstudy.tracking import ensure_tracking_reachable, write_dict_csv
 
 EXTRA_COLUMNS = ("test_acc5", "epochs_run", "train_seconds", *(f"energy_to_{t:g}_val_kwh" for t in THRESHOLDS),

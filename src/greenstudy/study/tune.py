@@ -9,7 +9,7 @@ SGD's linear scaling rule), `sqrt` (constant gradient-noise scale; Krizhevsky 20
 2017) or `tuned` (the base lr is a second, log-uniform dimension in [lr/10, lr*10], then scaled
 linearly, so the two dimensions stay close to independent).
 
-Objectives (`greenstudy.study_front`): `final` maximises the last epoch's val_acc1 and minimises
+Objectives (`greenstudy.study.front`): `final` maximises the last epoch's val_acc1 and minimises
 train_val_energy_kwh; `to_target` minimises energy_to_target_kwh. The test set never selects.
 
 What a trial can end as:
@@ -37,8 +37,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from greenstudy.errors import ConfigError, GreenstudyError
 from greenstudy.interrupts import stop_if_interrupted
-from greenstudy.storage import create_or_load_study, default_storage_url, masked_url, open_storage
-from greenstudy.study_front import (
+from greenstudy.study.front import (
     DIRECTIONS,
     OBJECTIVE_TEXT,
     OVER_BUDGET,
@@ -48,8 +47,9 @@ from greenstudy.study_front import (
     find_measured,
     study_summary_lines,
 )
-from greenstudy.study_log import FrontLogger, progress_line
-from greenstudy.tune_params import StudyConfig, default_sampler_seed, scaled_lr
+from greenstudy.study.log import FrontLogger, progress_line
+from greenstudy.study.params import StudyConfig, default_sampler_seed, scaled_lr
+from greenstudy.study.storage import create_or_load_study, default_storage_url, masked_url, open_storage
 
 
 class StudyFailed(GreenstudyError):
@@ -84,7 +84,7 @@ def untried(study: optuna.Study, config: StudyConfig) -> list[int] | None:
 def resolve_variant(config: StudyConfig, device: object) -> tuple[StudyConfig, str]:
     """`auto` -> amp where the hardware runs mixed precision natively, else baseline; an explicit amp
     that would be emulated is refused (force it with amp_dtype=bf16|fp16)."""
-    from greenstudy.precision import choose_mixed_precision, describe
+    from greenstudy.measure.precision import choose_mixed_precision, describe
 
     choice = choose_mixed_precision(describe(device), config.run.amp_dtype)
     if config.variant == "auto":
@@ -111,7 +111,7 @@ class Trainer:
     """What every trial shares: config, data, device, meter, tags and this session's record."""
 
     config: StudyConfig
-    bench: object  # greenstudy.variants.Bench of the reference config; each trial replaces its cfg
+    bench: object  # greenstudy.variants.catalog.Bench of the reference config; each trial replaces its cfg
     tags: dict[str, str]
     client: object
     session: list[FrozenTrial]
@@ -127,7 +127,7 @@ class Trainer:
 
     def control(self, trial: optuna.Trial) -> object:
         """The trial's TrainingControl: the target (stop there for `to_target`) and the energy budget."""
-        from greenstudy.control import TrainingControl
+        from greenstudy.training.control import TrainingControl
 
         cfg, config = self.config.run, self.config
         budget = None
@@ -147,7 +147,7 @@ class Trainer:
         return self.train(trial, batch_size, lr)
 
     def train(self, trial: optuna.Trial, batch_size: int, lr: float) -> tuple[float, ...]:
-        from greenstudy.run import run_variant
+        from greenstudy.runs.main_run import run_variant
 
         config = self.config
         control = self.control(trial)
@@ -230,7 +230,7 @@ def run_study(config: StudyConfig) -> StudyOutcome:
 
     import mlflow
 
-    from greenstudy.run import make_bench, prepare
+    from greenstudy.runs.main_run import make_bench, prepare
 
     device, cpu_data = prepare(config.run)
     config, variant_choice = resolve_variant(config, device)
@@ -298,7 +298,7 @@ def _run_parent(config: StudyConfig, study: optuna.Study, trainer: Trainer, show
         try:
             if left == []:
                 say(f"every batch size of {config.batch_choices} has been tried already: no new trial")
-            else:  # each trial holds the machine's measurement lock while it trains (greenstudy.energy)
+            else:  # each trial holds the machine's measurement lock while it trains (greenstudy.measure.energy)
                 study.optimize(trainer, n_trials=config.n_trials, timeout=config.timeout_s, catch=(TrialFailed,),
                                callbacks=[remember, front_logger])
         finally:

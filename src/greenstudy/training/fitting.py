@@ -12,16 +12,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from greenstudy.checkpoint import Checkpointer, fingerprint, restore_rng, rng_state
 from greenstudy.config import RunConfig
-from greenstudy.control import EpochReport, TrainingControl
-from greenstudy.data import CifarData, Normalizer, train_batches
-from greenstudy.energy import EnergyMeter
-from greenstudy.ledger import Ledger, PhaseEnergy
-from greenstudy.precision import Precision
+from greenstudy.measure.energy import EnergyMeter
+from greenstudy.measure.ledger import Ledger, PhaseEnergy
+from greenstudy.measure.precision import Precision
 from greenstudy.progress import EpochProgress
 from greenstudy.tracking import log_epoch
-from greenstudy.train import TrainSetup, evaluate, make_optimizer, make_scheduler, steps_per_epoch, train_one_epoch
+from greenstudy.training.checkpoint import Checkpointer, fingerprint, restore_rng, rng_state
+from greenstudy.training.control import EpochReport, TrainingControl
+from greenstudy.training.data import CifarData, Normalizer, train_batches
+from greenstudy.training.steps import TrainSetup, evaluate, make_optimizer, make_scheduler, steps_per_epoch, train_one_epoch
 
 
 @dataclass

@@ -27,7 +27,7 @@ os.environ.setdefault("CODECARBON_LOG_LEVEL", "error")  # its repeated warnings 
 import torch  # noqa: E402
 
 from greenstudy.interrupts import stop_if_interrupted  # noqa: E402
-from greenstudy.ledger import MissingEnergyReading, PhaseEnergy, check_phase  # noqa: E402
+from greenstudy.measure.ledger import MissingEnergyReading, PhaseEnergy, check_phase  # noqa: E402
 
 _CPU_METHODS = {
     "intel_rapl": "rapl",

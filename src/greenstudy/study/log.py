@@ -5,7 +5,7 @@ _reused, `study_energy_kwh` (every trial of *this worker's session*: complete, p
 measured; reused trials cost 0), `all_trials_energy_kwh` (every trial of the study, all sessions and
 workers), `hypervolume`, `hypervolume_per_kwh` (= hypervolume / all_trials_energy_kwh: what the front
 cost; equal to hypervolume / study_energy_kwh for a single-session study), `pareto_size`, best_*.
-Artifacts: the front as CSV and pictures (greenstudy.study_plots)."""
+Artifacts: the front as CSV and pictures (greenstudy.study.plots)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from greenstudy.study_front import (
+from greenstudy.study.front import (
     ENERGY_METRIC,
     energy_of,
     front_columns,
@@ -76,7 +76,7 @@ def log_front(study: optuna.Study, step: int, session_energy_kwh: float, request
     """Counts, energies, hypervolume, best_* metrics, pareto.csv and the pictures, on the active run."""
     import mlflow
 
-    from greenstudy.study_plots import plot_study
+    from greenstudy.study.plots import plot_study
     from greenstudy.tracking import write_dict_csv  # imports torch: kept out of `study show`
 
     trials = study.get_trials(deepcopy=False)

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from greenstudy.control import TrainingControl
-from greenstudy.ledger import Ledger, PhaseEnergy, energy_metrics
+from greenstudy.measure.ledger import Ledger, PhaseEnergy, energy_metrics
+from greenstudy.training.control import TrainingControl
 
 
 @dataclass(frozen=True)

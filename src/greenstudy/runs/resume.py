@@ -15,18 +15,19 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from greenstudy.checkpoint import FINGERPRINT_FIELDS, Checkpointer, fingerprint
 from greenstudy.config import RunConfig
 from greenstudy.errors import ConfigError
-from greenstudy.ledger import read_ledger_csv
-from greenstudy.record import Upstream
+from greenstudy.measure.ledger import read_ledger_csv
+from greenstudy.runs.outcome import ChildOutcome, contract_params
+from greenstudy.training.checkpoint import FINGERPRINT_FIELDS, Checkpointer, fingerprint
+from greenstudy.variants.record import Upstream
 
 
 @dataclass
 class ResumePlan:
     """Per variant: a finished outcome to keep, or the run id to go on with."""
 
-    finished: dict[str, object] = field(default_factory=dict)  # variant -> run.ChildOutcome
+    finished: dict[str, object] = field(default_factory=dict)  # variant -> ChildOutcome
     unfinished: dict[str, str] = field(default_factory=dict)  # variant -> child run id
     upstream: Upstream | None = None
 
@@ -50,8 +51,6 @@ def _parent(client: MlflowClient, run_id: str, cfg: RunConfig) -> mlflow.entitie
 def _check_same_settings(cfg: RunConfig, child: mlflow.entities.Run) -> None:
     """A resumed run must use the settings its earlier sitting logged (finished children included:
     pruned and quantized are built on the finished baseline)."""
-    from greenstudy.run import contract_params  # run.py imports this module
-
     logged = child.data.params
     wanted = contract_params(cfg, child.data.tags.get("variant", ""), torch.device(child.data.tags.get("device", "cpu")))
     diff = [f"{k}={logged[k]} (now {v})" for k, v in wanted.items()
@@ -83,8 +82,6 @@ def _load_upstream(client: MlflowClient, run_id: str, device: torch.device) -> U
 
 def plan_resume(cfg: RunConfig, device: torch.device) -> ResumePlan:
     """Read the interrupted parent's children and decide, per variant, what this sitting does."""
-    from greenstudy.run import ChildOutcome  # run.py imports this module
-
     client = MlflowClient()
     parent = _parent(client, cfg.resume, cfg)
     children = client.search_runs(

@@ -1,0 +1,94 @@
+"""What every variant shares: the bench of one process, the job of one variant, and its finish
+(test evaluation, inference benchmark, size). None of them logs final metrics (runs turn records into
+metrics in one place)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from greenstudy.config import RunConfig
+from greenstudy.measure.energy import EnergyMeter
+from greenstudy.measure.ledger import PhaseEnergy
+from greenstudy.measure.precision import Hardware, Precision
+from greenstudy.training.checkpoint import Checkpointer
+from greenstudy.training.control import TrainingControl
+from greenstudy.training.data import CifarData, Normalizer
+from greenstudy.training.models import count_macs_params, model_size_mb
+from greenstudy.training.steps import evaluate, inference_batch, run_inference_for
+from greenstudy.variants.record import Inference, Upstream, VariantRecord
+
+INFER_BATCH_SIZE = 256
+WARMUP_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Bench:
+    """What every variant of one process shares; read-only once made."""
+
+    cfg: RunConfig
+    data: CifarData  # on the run's device
+    cpu_data: CifarData
+    device: torch.device
+    meter: EnergyMeter
+    hw: Hardware
+
+
+@dataclass
+class VariantJob:
+    """One variant to run: the bench, its control, where it checkpoints, what it resumes, what it derives from."""
+
+    bench: Bench
+    control: TrainingControl
+    checkpointer: Checkpointer | None = None
+    resume: dict[str, object] | None = None
+    upstream: Upstream | None = None
+    lean: bool = False  # a study trial: no test evaluation, inference benchmark or model
+    ledger: list[PhaseEnergy] = field(default_factory=list)  # every phase measured so far (kept if the run fails)
+
+
+def normalizer(bench: Bench, device: torch.device, channels_last: bool) -> Normalizer:
+    return Normalizer(bench.data.mean, bench.data.std, device, channels_last)
+
+
+def example_input(bench: Bench) -> torch.Tensor:
+    normalize = Normalizer(bench.data.mean, bench.data.std, torch.device("cpu"), channels_last=False)
+    return normalize(bench.cpu_data.test.images[:2])
+
+
+def infer(bench: Bench, model: nn.Module, precision: Precision, ledger: list[PhaseEnergy], name: str,
+          device: torch.device, data: CifarData, channels_last: bool) -> Inference:
+    """Untimed warm-up, then forward passes for `infer_seconds` inside one measured phase: energy and
+    images/s come from the same window."""
+    model.eval()
+    batch = inference_batch(data.test, normalizer(bench, device, channels_last), device, INFER_BATCH_SIZE)
+    run_inference_for(model, batch, precision, device, min(WARMUP_SECONDS, bench.cfg.infer_seconds))
+    with bench.meter.phase(ledger, name, "inference") as phase:
+        images = run_inference_for(model, batch, precision, device, bench.cfg.infer_seconds)
+    return Inference(images, phase)
+
+
+def finish(job: VariantJob, record: VariantRecord, precision: Precision, label: str, device: torch.device | None = None,
+           data: CifarData | None = None, channels_last: bool | None = None, size_of: nn.Module | None = None) -> VariantRecord:
+    """Test evaluation and inference benchmark (skipped in lean trials), size and example."""
+    bench = job.bench
+    device = device or bench.device
+    data = data or bench.data
+    channels_last = bench.cfg.channels_last if channels_last is None else channels_last
+    if not job.lean:
+        normalize = normalizer(bench, device, channels_last)
+        with bench.meter.phase(record.ledger.phases, f"{label}/test", "test"):
+            record.test = evaluate(record.model, data.test, normalize, precision, device)
+        record.inference = infer(bench, record.model, precision, record.ledger.phases, f"{label}/inference", device, data, channels_last)
+    macs, params = count_macs_params(size_of if size_of is not None else record.model)
+    record.size = {"params": params, "macs": macs, "model_size_mb": model_size_mb(record.model)}
+    record.example = example_input(bench)
+    return record
+
+
+def require_upstream(job: VariantJob, variant: str) -> Upstream:
+    if job.upstream is None:
+        raise RuntimeError(f"{variant} needs a trained baseline, and this run has none (the baseline variant failed?)")
+    return job.upstream
