@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,10 +22,12 @@ from greenstudy.measure.ledger import (
     MissingEnergyReading,
     PhaseEnergy,
     energy_metrics,
+    read_journal,
     read_ledger_csv,
     write_ledger_csv,
 )
 from greenstudy.measure.precision import Precision
+from greenstudy.training.checkpoint import Checkpointer
 from greenstudy.training.control import TrainingControl
 from greenstudy.training.data import load_cifar
 from greenstudy.training.fitting import fit
@@ -102,7 +105,11 @@ def test_fit_ledger_invariants(meter: EnergyMeter, tiny_data_dir: Path) -> None:
     assert sum(m["epoch_val_energy_kwh"] for _, m in logged) == pytest.approx(metrics["val_energy_kwh"], rel=1e-9)
     assert sum(m["epoch_energy_kwh"] for _, m in logged) == pytest.approx(
         metrics["train_energy_kwh"] + metrics["val_energy_kwh"], rel=1e-9)
-    assert logged[-1][1]["cumulative_energy_kwh"] == pytest.approx(metrics["train_energy_kwh"] + metrics["val_energy_kwh"])
+    last = logged[-1][1]  # cumulative = the epochs' energy + setup (here the model build) + cut-short work, said apart
+    made_so_far = metrics["train_energy_kwh"] + metrics["val_energy_kwh"] + metrics["setup_energy_kwh"]
+    assert last["cumulative_energy_kwh"] == pytest.approx(made_so_far)
+    assert last["cumulative_setup_energy_kwh"] == pytest.approx(metrics["setup_energy_kwh"])
+    assert last["cumulative_interrupted_energy_kwh"] == 0
     made = sum(p.energy_kwh for p in phases if p.kind in MAKE_AND_CHECK)
     assert metrics["energy_kwh"] == pytest.approx(made, rel=1e-9)
     assert metrics["energy_kwh"] == pytest.approx(
@@ -161,3 +168,57 @@ def test_second_measuring_process_waits(tmp_path: Path, monkeypatch: pytest.Monk
     holder.wait(timeout=30)
     assert waited > 1.0
     assert "waiting for pid" in capsys.readouterr().err
+
+
+def test_a_cut_phase_keeps_its_kind_unless_it_is_training(meter: EnergyMeter) -> None:
+    """Ctrl-C in training work makes it `interrupted` (counted, no finished epoch); a cut test still counts as
+    test and a cut inference is still never in energy_kwh; all three are flagged cut_short."""
+    phases: list[PhaseEnergy] = []
+    for name, kind in (("c/train", "train"), ("c/test", "test"), ("c/inference", "inference")):
+        with pytest.raises(KeyboardInterrupt), meter.phase(phases, name, kind, epoch=1):
+            _busy(0.05)
+            raise KeyboardInterrupt
+    assert [(p.kind, p.cut_short) for p in phases] == [("interrupted", True), ("test", True), ("inference", True)]
+    metrics = energy_metrics(Ledger(phases))
+    assert metrics["energy_kwh"] == pytest.approx(phases[0].energy_kwh + phases[1].energy_kwh, rel=1e-9)
+    assert metrics["interrupted_energy_kwh"] == pytest.approx(phases[0].energy_kwh, rel=1e-9)
+    assert Ledger(phases).as_upstream("r").phases == [replace(phases[0], upstream_run_id="r")]  # no test, no inference
+
+
+class _LosingMeter(EnergyMeter):
+    """A meter whose bookkeeping fails when a phase ends (e.g. CodeCarbon raising in stop_task)."""
+
+    def _close_phase(self, *args: object) -> None:
+        raise RuntimeError("stop_task failed")
+
+
+def test_a_signal_is_never_swallowed_by_a_failing_reading() -> None:
+    losing = _LosingMeter(CPU, country_iso_code="FRA")
+    try:
+        with pytest.raises(KeyboardInterrupt), losing.phase([], "l/train", "train", 1):
+            raise KeyboardInterrupt  # the run must end KILLED, not FAILED
+        with pytest.raises(RuntimeError, match="stop_task failed"), losing.phase([], "l/test", "test"):
+            pass  # without a signal, the failing reading is the error
+    finally:
+        losing.stop()
+
+
+def test_the_journal_keeps_every_sitting_once(tmp_path: Path) -> None:
+    """Phases are on disk as measured (a torn last line is dropped); a new sitting turns the epochs after the
+    checkpoint into `interrupted` once, and stamps its own phases with the next sitting number."""
+    checkpointer = Checkpointer(tmp_path / "run")
+    first = checkpointer.open_journal(None)
+    for epoch in (1, 2, 3):
+        for kind in ("train", "val"):
+            first.append(PhaseEnergy(f"e{epoch}/{kind}", kind, epoch, energy_kwh=1.0, ram_kwh=1.0, seconds=1.0))
+    with checkpointer.journal_path.open("a") as handle:
+        handle.write('{"name": "torn')  # killed mid-write
+    assert [p.sitting for p in read_journal(checkpointer.journal_path)] == [1] * 6
+    second = checkpointer.open_journal({"epoch": 2})  # the checkpoint holds epoch 2: epoch 3 is trained again
+    assert [p.kind for p in second] == ["train", "val", "train", "val", "interrupted", "interrupted"]
+    second.append(PhaseEnergy("e3/train", "train", 3, energy_kwh=2.0, ram_kwh=2.0, seconds=1.0))
+    third = checkpointer.open_journal({"epoch": 3})  # a hard kill after epoch 3's checkpoint: nothing is lost
+    assert [(p.kind, p.epoch, p.sitting) for p in third][-3:] == [("interrupted", 3, 1), ("interrupted", 3, 1), ("train", 3, 2)]
+    assert third.sitting == 3 and Ledger(list(third)).energy(*MAKE_AND_CHECK) == pytest.approx(8.0)
+    checkpointer.remove()
+    assert not checkpointer.journal_path.exists()

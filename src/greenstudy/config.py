@@ -75,6 +75,8 @@ class RunConfig:
     country_iso_code: str = "USA"
     cpu_power_w: float | None = None
     ram_power_w: float | None = None
+    carbon_intensity_csv: str = ""
+    start_below_gco2: float | None = None
     variants: tuple[str, ...] = VARIANTS
     prune_ratio: float = 0.5
     prune_importance: str = "l2"
@@ -140,6 +142,10 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name} must be positive, got {value}")
+        if self.start_below_gco2 is not None and not self.start_below_gco2 > 0:
+            raise ConfigError(f"start_below_gco2 must be positive (gCO2eq/kWh), got {self.start_below_gco2}")
+        if self.start_below_gco2 is not None and not self.carbon_intensity_csv:
+            raise ConfigError("start_below_gco2 needs carbon_intensity_csv (a series with the forecast hours)")
         code = self.country_iso_code
         if len(code) != 3 or not code.isalpha() or not code.isupper():
             raise ConfigError(f"country_iso_code must be 3 capital letters (ISO 3166-1 alpha-3), got {code!r}")

@@ -37,6 +37,7 @@ _CPU_METHODS = {
     "constant": "tdp-constant-estimate",
 }
 LOCK_ENV = "GREENSTUDY_ENERGY_LOCK"
+CUT_TRAINING_KINDS = ("train", "val", "setup")
 
 
 def lock_path() -> Path:
@@ -172,8 +173,9 @@ class EnergyMeter:
     @contextmanager
     def phase(self, ledger: list[PhaseEnergy], name: str, kind: str, epoch: int = 0) -> Iterator[PhaseEnergy]:
         """Measure the enclosed block and append it to `ledger` when it ends (the yielded PhaseEnergy is
-        filled in then). A block cut short by Ctrl-C is recorded as kind `interrupted`; a missing
-        reading raises MissingEnergyReading naming the phase, never a silent 0."""
+        filled in then). Training work cut short by Ctrl-C is recorded as kind `interrupted` (test and
+        inference keep their kind), flagged `cut_short`; a missing reading raises MissingEnergyReading naming
+        the phase, never a silent 0 — unless the block already failed, whose error then wins."""
         self.start()
         result = PhaseEnergy(name, kind, epoch, method=self.energy_method())
         self._sync()
@@ -185,32 +187,45 @@ class EnergyMeter:
         try:
             yield result
         except KeyboardInterrupt as exc:
-            result.kind = "interrupted"
+            result.cut_short = True
+            if kind in CUT_TRAINING_KINDS:  # spent, but no finished epoch; a cut test/inference keeps its kind
+                result.kind = "interrupted"
             failure = exc
             raise
         except BaseException as exc:
             failure = exc
             raise
         finally:
-            self._sync()
-            result.seconds = time.perf_counter() - began
-            data = self._tracker.stop_task(name)
-            # 3.3.2 leaves a stopped task marked active: forget it, or tracker.stop() "stops" every past
-            # task again and logs an ERROR per phase (and a later phase of the same name would collide)
-            self._tracker._tasks.pop(name, None)
-            if data is not None and data.energy_consumed and data.energy_consumed > 0:
-                result.energy_kwh = float(data.energy_consumed)
-                result.cpu_kwh = float(data.cpu_energy)
-                result.gpu_kwh = float(data.gpu_energy)
-                result.ram_kwh = float(data.ram_energy)
-                result.emissions_kg = float(data.emissions)
-                if nvml_start is not None:
-                    result.gpu_nvml_kwh = self._nvml.read() - nvml_start
-                check_phase(result)
-                ledger.append(result)
-            elif failure is None:
-                # CodeCarbon 3.3.2 reports a *zero delta* (logged, not raised) for a task it lost track of
-                raise MissingEnergyReading(f"phase {name}: CodeCarbon returned no energy reading ({'none' if data is None else '0 kWh'})")
+            try:
+                self._close_phase(result, ledger, name, began, nvml_start)
+            except Exception as exc:
+                if failure is None:
+                    raise
+                # the signal or error that ended the phase is what the caller must see (Ctrl-C stays KILLED)
+                print(f"energy: phase {name} lost its reading ({type(exc).__name__}: {exc})", file=sys.stderr, flush=True)
+
+    def _close_phase(self, result: PhaseEnergy, ledger: list[PhaseEnergy], name: str, began: float,
+                     nvml_start: float | None) -> None:
+        """Stop the CodeCarbon task and append its reading to `ledger`; a missing reading raises."""
+        self._sync()
+        result.seconds = time.perf_counter() - began
+        data = self._tracker.stop_task(name)
+        # 3.3.2 leaves a stopped task marked active: forget it, or tracker.stop() "stops" every past
+        # task again and logs an ERROR per phase (and a later phase of the same name would collide)
+        self._tracker._tasks.pop(name, None)
+        if data is None or not data.energy_consumed or data.energy_consumed <= 0:
+            # CodeCarbon 3.3.2 reports a *zero delta* (logged, not raised) for a task it lost track of
+            raise MissingEnergyReading(f"phase {name}: CodeCarbon returned no energy reading ({'none' if data is None else '0 kWh'})")
+        result.energy_kwh = float(data.energy_consumed)
+        result.cpu_kwh = float(data.cpu_energy)
+        result.gpu_kwh = float(data.gpu_energy)
+        result.ram_kwh = float(data.ram_energy)
+        result.emissions_kg = float(data.emissions)
+        result.codecarbon_seconds = float(data.duration)
+        if nvml_start is not None:
+            result.gpu_nvml_kwh = self._nvml.read() - nvml_start
+        check_phase(result)
+        ledger.append(result)
 
     def energy_method(self) -> str:
         """How CodeCarbon obtained each component, e.g. `cpu=rapl, gpu=nvml, ram=constant-estimate`."""

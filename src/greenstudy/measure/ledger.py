@@ -7,7 +7,12 @@ Phase kinds:
 - `setup`  — one-time work: compile/warm-up, pruning, int8 calibration;
 - `test`   — the test-set evaluation;
 - `inference` — the fixed-time inference benchmark (reported per 1,000 images only, never in totals);
-- `interrupted` — a phase cut short by Ctrl-C/SIGTERM: spent, so counted, but no epoch finished.
+- `interrupted` — training work (train, val, setup) cut short by Ctrl-C/SIGTERM, or an epoch that ended
+  after the last checkpoint and so is trained again on resume: spent, so counted, but no finished epoch;
+- `idle` — a measured wait (e.g. for a low-carbon hour): reported on its own, never in `energy_kwh`.
+
+A test or inference phase cut short keeps its kind (flag `cut_short`): a cut test still counts, a cut
+inference still does not. Every phase names the `sitting` (1, 2, ... across resumes) it was measured in.
 
 `energy_kwh` (= `own_energy_kwh`) is everything a run did to make and check its model: every phase but
 inference. A derived variant (pruned, quantized) also carries its *upstream* phases — the baseline's
@@ -17,10 +22,12 @@ train, val, setup and interrupted phases it was made from — and `lifecycle_ene
 from __future__ import annotations
 
 import csv
+import json
+import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-KINDS = ("train", "val", "setup", "test", "inference", "interrupted")
+KINDS = ("train", "val", "setup", "test", "inference", "interrupted", "idle")
 MAKE_AND_CHECK = ("train", "val", "setup", "test", "interrupted")  # what energy_kwh sums
 UPSTREAM_KINDS = ("train", "val", "setup", "interrupted")  # what a derived model stands on
 COMPONENTS = ("cpu", "gpu", "ram")
@@ -48,6 +55,9 @@ class PhaseEnergy:
     method: str = ""
     gpu_nvml_kwh: float | None = None
     upstream_run_id: str = ""
+    sitting: int = 1
+    cut_short: bool = False
+    codecarbon_seconds: float = 0.0  # CodeCarbon's own duration of the task (cross-checks `seconds`)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -103,6 +113,8 @@ def energy_metrics(own: Ledger, upstream: Ledger | None = None) -> dict[str, flo
         "lifecycle_emissions_kg": upstream.emissions(*UPSTREAM_KINDS) + own.emissions(*MAKE_AND_CHECK),
         "train_seconds": own.seconds("train"),
         "interrupted_energy_kwh": own.energy("interrupted"),
+        "idle_energy_kwh": own.energy("idle"),
+        "sittings": float(max((phase.sitting for phase in own.phases), default=1)),
     }
     for component in COMPONENTS:
         metrics[f"{component}_energy_kwh"] = own.component(component, *MAKE_AND_CHECK)
@@ -131,16 +143,72 @@ def write_ledger_csv(path: str | Path, own: Ledger, upstream: Ledger | None = No
     return path
 
 
+def phase_from_row(row: dict[str, str]) -> PhaseEnergy:
+    """One ledger row (CSV or journal, every value a string) back into a phase; columns added later default."""
+    return PhaseEnergy(
+        name=row["name"], kind=row["kind"], epoch=int(row["epoch"]),
+        **{k: float(row[k]) for k in ("energy_kwh", "cpu_kwh", "gpu_kwh", "ram_kwh", "emissions_kg", "seconds", "started_at")},
+        method=row["method"], gpu_nvml_kwh=float(row["gpu_nvml_kwh"]) if row.get("gpu_nvml_kwh") else None,
+        upstream_run_id=row.get("upstream_run_id") or "", sitting=int(row.get("sitting") or 1),
+        cut_short=str(row.get("cut_short")) == "True", codecarbon_seconds=float(row.get("codecarbon_seconds") or 0.0),
+    )
+
+
 def read_ledger_csv(path: str | Path) -> tuple[Ledger, Ledger]:
     """(own, upstream) ledgers from an `energy_ledger.csv`."""
     own, upstream = [], []
     with Path(path).open(newline="") as handle:
         for row in csv.DictReader(handle):
-            phase = PhaseEnergy(
-                name=row["name"], kind=row["kind"], epoch=int(row["epoch"]),
-                **{k: float(row[k]) for k in ("energy_kwh", "cpu_kwh", "gpu_kwh", "ram_kwh", "emissions_kg", "seconds", "started_at")},
-                method=row["method"], gpu_nvml_kwh=float(row["gpu_nvml_kwh"]) if row["gpu_nvml_kwh"] else None,
-                upstream_run_id=row["upstream_run_id"],
-            )
+            phase = phase_from_row(row)
             (upstream if phase.upstream_run_id else own).append(phase)
     return Ledger(own), Ledger(upstream)
+
+
+def redo_unsaved_epochs(phases: list[PhaseEnergy], saved_epoch: int) -> None:
+    """Train/val phases of epochs after the checkpoint's last one are trained again on resume: they become
+    `interrupted` (spent, counted, but not a finished epoch). In place; idempotent."""
+    for phase in phases:
+        if phase.kind in ("train", "val") and phase.epoch > saved_epoch:
+            phase.kind = "interrupted"
+
+
+def _journal_line(phase: PhaseEnergy) -> str:
+    return json.dumps({k: "" if v is None else str(v) for k, v in asdict(phase).items()}) + "\n"
+
+
+class PhaseJournal(list):
+    """A run's phases, each also appended to a file the moment it is measured (flushed and fsynced), so that
+    a hard kill (SIGKILL, out of memory, power loss) loses at most the phase in progress. Stamps each phase
+    with this sitting's number."""
+
+    def __init__(self, phases: list[PhaseEnergy], path: Path, sitting: int) -> None:
+        super().__init__(phases)
+        self.path, self.sitting = path, sitting
+
+    def append(self, phase: PhaseEnergy) -> None:
+        phase.sitting = self.sitting
+        super().append(phase)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as handle:
+            handle.write(_journal_line(phase))
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def read_journal(path: Path) -> list[PhaseEnergy]:
+    """The phases a journal holds (a torn last line, from a kill mid-write, is dropped)."""
+    phases = []
+    for line in path.read_text().splitlines():
+        try:
+            phases.append(phase_from_row(json.loads(line)))
+        except (ValueError, KeyError):
+            continue
+    return phases
+
+
+def write_journal(path: Path, phases: list[PhaseEnergy]) -> None:
+    """Replace the journal atomically (a crash mid-write leaves the previous one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text("".join(_journal_line(phase) for phase in phases))
+    os.replace(partial, path)

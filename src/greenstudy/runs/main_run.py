@@ -15,7 +15,7 @@ from greenstudy.config import RunConfig
 from greenstudy.errors import VariantSkipped
 from greenstudy.interrupts import stop_if_interrupted
 from greenstudy.measure.energy import EnergyMeter, machine_lock
-from greenstudy.measure.ledger import Ledger, energy_metrics, write_ledger_csv
+from greenstudy.measure.ledger import Ledger, energy_metrics, redo_unsaved_epochs, write_journal, write_ledger_csv
 from greenstudy.measure.precision import cpu_capability, describe
 from greenstudy.progress import say
 from greenstudy.runs.outcome import TABLE_COLUMNS, ChildOutcome, MainOutcome, contract_params
@@ -99,8 +99,8 @@ def run_variant(
             if checkpointer:
                 mlflow.set_tag("checkpoint", str(checkpointer.path))
             job = VariantJob(bench, control, checkpointer, resume, upstream if variant in DERIVED else None, lean)
-            earlier = checkpointer.load_ledger() if checkpointer else None  # written when a sitting ended early
-            job.ledger.extend(earlier if earlier is not None else (resume["ledger"] if resume else []))
+            if checkpointer:  # every earlier sitting's phases, and this sitting's appended as measured
+                job.ledger = checkpointer.open_journal(resume)
             try:
                 record = VARIANT_RUNNERS[variant](job)
             except (Exception, KeyboardInterrupt) as exc:
@@ -127,16 +127,15 @@ def run_variant(
 def _keep_partial_energy(job: VariantJob) -> None:
     """A failed or interrupted run keeps what it spent. Train/val phases after the checkpoint's last
     epoch become `interrupted` (that epoch will be trained again on resume, so it is not a finished
-    epoch); the ledger is saved beside the checkpoint for the next sitting and logged to the run."""
-    saved = job.checkpointer.saved_epoch() if job.checkpointer else 0
-    for phase in job.ledger:
-        if phase.kind in ("train", "val") and phase.epoch > saved:
-            phase.kind = "interrupted"
+    epoch); the journal beside the checkpoint says so for the next sitting; the partial totals and
+    ledger are logged to the run."""
+    if job.checkpointer:
+        redo_unsaved_epochs(job.ledger, job.checkpointer.saved_epoch())
     if not job.ledger:
         return
     try:
         if job.checkpointer:
-            job.checkpointer.save_ledger(job.ledger)
+            write_journal(job.checkpointer.journal_path, job.ledger)
         log_final(energy_metrics(Ledger(job.ledger), job.upstream.ledger if job.upstream else None))
         _log_ledger(Ledger(job.ledger), job.upstream)
     except Exception as exc:  # noqa: BLE001 - the original error is what the run must report
@@ -180,9 +179,10 @@ def run_main(cfg: RunConfig) -> MainOutcome:
     device, cpu_data = prepare(cfg)
     stop_if_interrupted()  # a download or an extraction may have taken a while
     plan: ResumePlan | None = plan_resume(cfg, device) if cfg.resume else None
-    if plan:
-        _mark_sitting(cfg.resume)
     bench, tags = make_bench(cfg, device, cpu_data)
+    if plan:
+        plan.check_same_machine(tags)
+        _mark_sitting(cfg.resume)
     children: list[ChildOutcome] = []
     upstream = plan.upstream if plan else None
     with run_scope(cfg.model, cfg.experiment_name, tags={**tags, "kind": "parent"}, run_id=cfg.resume or None) as parent:
@@ -208,12 +208,24 @@ def run_main(cfg: RunConfig) -> MainOutcome:
                 if variant == "baseline":
                     upstream = _upstream_of(child)
         finally:
-            _log_parent_summary(children)
+            _log_parent_summary(children + _not_in_this_sitting(plan, children))
             bench.meter.stop()
         if children and all(child.status in ("FAILED", "KILLED") for child in children):
             raise RuntimeError("every variant failed: " + "; ".join(f"{c.variant}: {c.error}" for c in children))
     experiment = mlflow.get_experiment(parent.info.experiment_id).name  # `mlflow run --experiment-name` may differ
     return MainOutcome(experiment, parent.info.run_id, children, tags["energy_method"])
+
+
+def _not_in_this_sitting(plan: ResumePlan | None, children: list[ChildOutcome]) -> list[ChildOutcome]:
+    """A parent resumed with fewer variants still sums all of its children: the earlier sittings' outcomes of
+    the variants this sitting did not ask for."""
+    if plan is None:
+        return []
+    seen = {child.variant for child in children}
+    left = [done for variant, done in plan.finished.items() if variant not in seen]
+    left += [ChildOutcome(variant, run_id, "KILLED", error="not resumed yet")
+             for variant, run_id in plan.unfinished.items() if variant not in seen]
+    return left
 
 
 def _mark_sitting(resumed_parent: str) -> None:

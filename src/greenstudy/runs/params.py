@@ -20,7 +20,8 @@ def default(name: str) -> object:
 def add_training_args(parser: argparse.ArgumentParser) -> None:
     """The parameters of a training run (shared by the `main` and `tune` entry points)."""
     add = parser.add_argument
-    for name in ("model", "dataset", "data_dir", "device", "country_iso_code", "compile", "experiment", "amp_dtype"):
+    for name in ("model", "dataset", "data_dir", "device", "country_iso_code", "compile", "experiment", "amp_dtype",
+                 "carbon_intensity_csv"):
         add(f"--{name.replace('_', '-')}", default=default(name))
     for name in ("epochs", "batch_size", "seed", "train_subset", "val_size", "test_subset", "resolution"):
         add(f"--{name.replace('_', '-')}", type=int, default=default(name))
@@ -28,7 +29,7 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
         add(f"--{name.replace('_', '-')}", type=float, default=default(name))
     for name in ("download", "channels_last", "stop_at_target"):
         add(f"--{name.replace('_', '-')}", type=parse_bool, default=default(name))
-    for name in ("cpu_power_w", "ram_power_w", "target_acc1"):
+    for name in ("cpu_power_w", "ram_power_w", "target_acc1", "start_below_gco2"):
         add(f"--{name.replace('_', '-')}", type=optional_float, default=default(name))
 
 

@@ -22,6 +22,9 @@ from greenstudy.runs.outcome import ChildOutcome, contract_params
 from greenstudy.training.checkpoint import FINGERPRINT_FIELDS, Checkpointer, fingerprint
 from greenstudy.variants.record import Upstream
 
+ENERGY_FIELDS = ("country_iso_code", "cpu_power_w", "ram_power_w")  # what one ledger's energy figures assume
+MACHINE_TAGS = ("energy_method", "cpu_model", "gpu_model", "device")
+
 
 @dataclass
 class ResumePlan:
@@ -30,6 +33,16 @@ class ResumePlan:
     finished: dict[str, object] = field(default_factory=dict)  # variant -> ChildOutcome
     unfinished: dict[str, str] = field(default_factory=dict)  # variant -> child run id
     upstream: Upstream | None = None
+    machine: dict[str, dict[str, str]] = field(default_factory=dict)  # unfinished child run id -> its machine tags
+
+    def check_same_machine(self, tags: dict[str, str]) -> None:
+        """One ledger, one way of measuring: an unfinished child goes on only where its energy is obtained the
+        same way, on the same hardware (else its phases would mix methods and machines without saying so)."""
+        for run_id, earlier in self.machine.items():
+            diff = [f"{k}={earlier[k]!r} (now {tags.get(k)!r})" for k in MACHINE_TAGS if k in earlier and earlier[k] != tags.get(k)]
+            if diff:
+                raise ConfigError(f"resume: run {run_id} was measured elsewhere: {', '.join(diff)}; resume it on that machine "
+                                  "with the same energy settings, or start a new run")
 
 
 def _parent(client: MlflowClient, run_id: str, cfg: RunConfig) -> mlflow.entities.Run:
@@ -54,7 +67,7 @@ def _check_same_settings(cfg: RunConfig, child: mlflow.entities.Run) -> None:
     logged = child.data.params
     wanted = contract_params(cfg, child.data.tags.get("variant", ""), torch.device(child.data.tags.get("device", "cpu")))
     diff = [f"{k}={logged[k]} (now {v})" for k, v in wanted.items()
-            if k in logged and k in FINGERPRINT_FIELDS and str(v) != logged[k]]
+            if k in logged and (k in FINGERPRINT_FIELDS or k in ENERGY_FIELDS) and str(v) != logged[k]]
     if diff:
         raise ConfigError(f"resume: run {child.info.run_id} was made with other settings: {', '.join(diff)}")
 
@@ -99,6 +112,7 @@ def plan_resume(cfg: RunConfig, device: torch.device) -> ResumePlan:
             plan.finished.setdefault(variant, ChildOutcome(variant, child.info.run_id, "SKIPPED", error=tags["skipped"]))
         elif variant not in plan.finished:
             plan.unfinished[variant] = child.info.run_id
+            plan.machine[child.info.run_id] = {k: tags[k] for k in MACHINE_TAGS if k in tags}
             _check_checkpoint(cfg, client, child)
     baseline = plan.finished.get("baseline")
     if baseline is not None and any(v in cfg.variants for v in ("pruned", "quantized")):

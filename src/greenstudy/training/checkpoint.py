@@ -1,8 +1,9 @@
 """The last finished epoch of a training run, on local disk, so an interrupted run can go on in place.
 
 A checkpoint holds the whole module (pruned models change shape), optimizer, scheduler, scaler, every
-RNG state, the epoch, the epoch history, the energy ledger so far and the training fingerprint
-(the config values that must match for a resume to reach the same weights)."""
+RNG state, the epoch, the epoch history and the training fingerprint (the config values that must match
+for a resume to reach the same weights). The energy ledger lives beside it in an append-only journal
+(`ledger.jsonl`), written as each phase is measured: the one record of what every sitting spent."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from greenstudy.errors import ConfigError
+from greenstudy.measure.ledger import PhaseJournal, read_journal, redo_unsaved_epochs, write_journal
 
 FINGERPRINT_FIELDS = (
     "model", "dataset", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "seed",
@@ -83,8 +85,9 @@ class Checkpointer:
         return state
 
     @property
-    def ledger_path(self) -> Path:
-        return self.folder / "ledger.pt"
+    def journal_path(self) -> Path:
+        """Every phase of the run, every sitting, appended as measured (see PhaseJournal)."""
+        return self.folder / "ledger.jsonl"
 
     def saved_epoch(self) -> int:
         """The last epoch the checkpoint holds (0 without one)."""
@@ -92,18 +95,19 @@ class Checkpointer:
             return 0
         return int(torch.load(self.path, map_location="cpu", weights_only=False)["epoch"])
 
-    def save_ledger(self, phases: list[object]) -> None:
-        """Every phase measured so far, written when a run fails or is interrupted (newer than the checkpoint's)."""
-        self._save_atomically(list(phases), self.ledger_path)
-
-    def load_ledger(self) -> list[object] | None:
-        if not self.ledger_path.is_file():
-            return None
-        return torch.load(self.ledger_path, weights_only=False)
+    def open_journal(self, resume: dict[str, object] | None) -> PhaseJournal:
+        """This sitting's ledger: every phase of the earlier sittings (epochs after the checkpoint's last one
+        become `interrupted`, rewritten so a later sitting sees them so), stamped with the next sitting number."""
+        phases = list(resume.get("ledger", [])) if resume else []  # where checkpoints before the journal kept it
+        if self.journal_path.is_file():
+            phases = read_journal(self.journal_path)
+        redo_unsaved_epochs(phases, int(resume["epoch"]) if resume else 0)
+        write_journal(self.journal_path, phases)
+        return PhaseJournal(phases, self.journal_path, max((p.sitting for p in phases), default=0) + 1)
 
     def remove(self) -> None:
         """Drop the checkpoint once its run has finished (the model is logged to MLflow)."""
-        for path in (self.path, self.ledger_path, *(p.with_suffix(".partial") for p in (self.path, self.ledger_path))):
+        for path in (self.path, self.journal_path, *(p.with_suffix(".partial") for p in (self.path, self.journal_path))):
             path.unlink(missing_ok=True)
         if self.folder.is_dir() and not any(self.folder.iterdir()):
             self.folder.rmdir()

@@ -23,6 +23,9 @@ from greenstudy.training.control import EpochReport, TrainingControl
 from greenstudy.training.data import CifarData, Normalizer, train_batches
 from greenstudy.training.steps import TrainSetup, evaluate, make_optimizer, make_scheduler, steps_per_epoch, train_one_epoch
 
+# what a run has spent making its model so far: epochs, one-time setup (compile, prune) and cut-short work
+CUMULATIVE_KINDS = ("train", "val", "setup", "interrupted")
+
 
 @dataclass
 class FitResult:
@@ -74,13 +77,13 @@ def warm_up_compiled(setup: TrainSetup, data: CifarData) -> None:
     setup.generator.set_state(generator_state)
 
 
-def _save(checkpointer: Checkpointer, cfg: RunConfig, setup: TrainSetup, epoch: int, ledger: list[PhaseEnergy],
+def _save(checkpointer: Checkpointer, cfg: RunConfig, setup: TrainSetup, epoch: int,
           history: list[dict[str, float]], control: TrainingControl, stop: bool) -> None:
     checkpointer.save({
         "fingerprint": fingerprint(cfg), "epoch": epoch, "model": setup.model,
         "optimizer": setup.optimizer.state_dict(), "scheduler": setup.scheduler.state_dict(),
         "scaler": setup.scaler.state_dict() if setup.scaler else None, "rng": rng_state(setup.generator),
-        "ledger": list(ledger), "history": list(history), "reached": control.reached,
+        "history": list(history), "reached": control.reached,
         "stopped": stop, "stopped_early": control.stopped_early,
     })
 
@@ -125,18 +128,20 @@ def _epochs(cfg: RunConfig, data: CifarData, meter: EnergyMeter, setup: TrainSet
         with meter.phase(ledger, f"{label}/val/epoch{epoch}", "val", epoch) as val_phase:
             val = evaluate(setup.step_fn or model, data.val, setup.normalize, precision, device)
         so_far = Ledger(ledger)
-        cumulative = so_far.energy("train", "val", "interrupted")
+        cumulative = so_far.energy(*CUMULATIVE_KINDS)
         metrics = {
             "train_loss": train_loss, "train_acc1": train_acc1, "val_loss": val["loss"], "val_acc1": val["acc1"],
             "epoch_seconds": train_phase.seconds + val_phase.seconds,
             "epoch_energy_kwh": train_phase.energy_kwh + val_phase.energy_kwh,
             "epoch_train_energy_kwh": train_phase.energy_kwh, "epoch_val_energy_kwh": val_phase.energy_kwh,
-            "cumulative_energy_kwh": cumulative,
+            "cumulative_energy_kwh": cumulative,  # = the epochs' epoch_energy_kwh + these two, every sitting
+            "cumulative_setup_energy_kwh": so_far.energy("setup"),
+            "cumulative_interrupted_energy_kwh": so_far.energy("interrupted"),
         }
         result.history.append(metrics)
-        stop = control.after_epoch(EpochReport(epoch, val["acc1"], cumulative, so_far.seconds("train", "val", "interrupted")))
+        stop = control.after_epoch(EpochReport(epoch, val["acc1"], cumulative, so_far.seconds(*CUMULATIVE_KINDS)))
         if checkpointer is not None:  # before logging: every logged epoch is in the checkpoint
-            _save(checkpointer, cfg, setup, epoch, ledger, result.history, control, stop)
+            _save(checkpointer, cfg, setup, epoch, result.history, control, stop)
         log(metrics, epoch)
         progress.epoch(epoch, metrics, cumulative)
         if stop:
