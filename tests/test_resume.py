@@ -13,7 +13,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from greenstudy.measure.ledger import MAKE_AND_CHECK, read_ledger_csv
+from greenstudy.measure.ledger import MAKE_AND_CHECK, Ledger, read_ledger_csv
 from tests.conftest import PYTHON, ROOT, entry_env
 
 ARGS = ["--model", "efficientnet_b0", "--variants", "baseline", "--epochs", "3", "--batch-size", "64",
@@ -140,3 +140,81 @@ def test_interrupt_while_waiting_for_the_measurement_lock(tiny_data_dir: Path, t
             if process is not None:
                 process.kill()
                 process.wait()
+
+
+def _steps(client: MlflowClient, run_id: str, metric: str = "val_acc1") -> list[int]:
+    return [point.step for point in client.get_metric_history(run_id, metric)]
+
+
+def _sitting(args: list[str], uri: str, cwd: Path, experiment: str, stop: signal.Signals | None, after_steps: int) -> int:
+    """One sitting of a `main` run; with `stop`, that signal once the child has logged `after_steps` epochs.
+    Returns the exit code."""
+    with (cwd / "sitting.log").open("a") as log:
+        process = subprocess.Popen([PYTHON, str(ROOT / "mlproject" / "main.py"), *args], env=entry_env(uri), cwd=cwd,
+                                   stdout=log, stderr=log, text=True)
+        client = MlflowClient(uri)
+        deadline = time.monotonic() + 300
+        while stop is not None and time.monotonic() < deadline and process.poll() is None:
+            exp = client.get_experiment_by_name(experiment)
+            runs = client.search_runs([exp.experiment_id], "tags.kind = 'variant'") if exp else []
+            if runs and len(_steps(client, runs[0].info.run_id)) >= after_steps:
+                process.send_signal(stop)
+                break
+            time.sleep(0.1)
+        return process.wait(timeout=200)
+
+
+def _check_adds_up(client: MlflowClient, child_id: str, tmp: Path) -> tuple[list[int], Ledger]:
+    """What any sitting must leave: contiguous steps, a cumulative energy that never decreases, a logged ledger
+    whose own phases (each measured once, naming its sitting) sum to energy_kwh."""
+    steps = _steps(client, child_id)
+    assert steps == list(range(1, len(steps) + 1)), steps
+    cumulative = [p.value for p in sorted(client.get_metric_history(child_id, "cumulative_energy_kwh"), key=lambda p: p.step)]
+    assert cumulative == sorted(cumulative), "cumulative_energy_kwh never decreases"
+    own, _ = read_ledger_csv(client.download_artifacts(child_id, "energy_ledger.csv", str(tmp)))
+    keys = [(p.sitting, p.name, p.started_at) for p in own.phases]
+    assert len(keys) == len(set(keys)), "every phase once"
+    assert client.get_run(child_id).data.metrics["energy_kwh"] == pytest.approx(own.energy(*MAKE_AND_CHECK), rel=1e-6)
+    return steps, own
+
+
+def test_kill_matrix_every_sitting_adds_up(tiny_data_dir: Path, tracking_uri: str, tmp_path: Path) -> None:
+    """SIGKILL after epoch 1, resume; SIGINT, resume; SIGKILL, resume to the end: after each step the
+    figures add up, and the finished run's ledger holds every sitting's phases once."""
+    experiment = "matrix"
+    args = [*ARGS, "--epochs", "6", "--data-dir", str(tiny_data_dir), "--checkpoint-dir", str(tmp_path / "ckpt"),
+            "--experiment", experiment]
+    client = MlflowClient(tracking_uri)
+
+    assert _sitting(args, tracking_uri, tmp_path, experiment, signal.SIGKILL, 1) == -signal.SIGKILL
+    parent = _only(client, experiment, "parent")
+    child = _only(client, experiment, "variant")
+    child_id = child.info.run_id
+    journal = Path(child.data.tags["checkpoint"]).parent / "ledger.jsonl"
+    assert child.info.status == "RUNNING" and journal.is_file(), "a hard kill leaves the journal (and the run RUNNING)"
+    killed_at = len(_steps(client, child_id))
+    resume = [*args, "--resume", parent.info.run_id]
+
+    assert _sitting(resume, tracking_uri, tmp_path, experiment, signal.SIGINT, killed_at + 2) == 130
+    assert client.get_run(child_id).info.status == "KILLED"
+    steps, own = _check_adds_up(client, child_id, tmp_path / "after-sigint")
+    assert {p.sitting for p in own.phases} == {1, 2} and len(steps) >= killed_at + 2
+    interrupted_at = len(steps)
+
+    assert _sitting(resume, tracking_uri, tmp_path, experiment, signal.SIGKILL, interrupted_at + 1) == -signal.SIGKILL
+    assert _sitting(resume, tracking_uri, tmp_path, experiment, None, 0) == 0
+    final = client.get_run(child_id)
+    assert final.info.status == "FINISHED" and client.get_run(parent.info.run_id).info.status == "FINISHED"
+    steps, own = _check_adds_up(client, child_id, tmp_path / "final")
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert {p.sitting for p in own.phases} == {1, 2, 3, 4}, "the hard-killed third sitting's epochs are not lost"
+    assert [p.epoch for p in own.of("train")] == [1, 2, 3, 4, 5, 6], "each finished epoch once; redone ones are interrupted"
+    metrics = final.data.metrics
+    assert metrics["train_energy_kwh"] == pytest.approx(sum(p.value for p in client.get_metric_history(child_id, "epoch_train_energy_kwh")))
+    last = {name: max(client.get_metric_history(child_id, name), key=lambda p: p.step).value
+            for name in ("cumulative_energy_kwh", "cumulative_setup_energy_kwh", "cumulative_interrupted_energy_kwh")}
+    epochs = sum(p.value for p in client.get_metric_history(child_id, "epoch_energy_kwh"))
+    assert last["cumulative_energy_kwh"] == pytest.approx(
+        epochs + last["cumulative_setup_energy_kwh"] + last["cumulative_interrupted_energy_kwh"], rel=1e-6)
+    assert last["cumulative_energy_kwh"] == pytest.approx(own.energy("train", "val", "setup", "interrupted"), rel=1e-6)
+    assert metrics["sittings"] == 4 and not journal.exists()
