@@ -13,7 +13,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from greenstudy.errors import ConfigError
 from greenstudy.measure.ledger import MAKE_AND_CHECK, Ledger, read_ledger_csv
+from greenstudy.runs.main_run import _not_in_this_sitting
+from greenstudy.runs.outcome import ChildOutcome
+from greenstudy.runs.resume import ResumePlan
 from tests.conftest import PYTHON, ROOT, entry_env
 
 ARGS = ["--model", "efficientnet_b0", "--variants", "baseline", "--epochs", "3", "--batch-size", "64",
@@ -106,6 +110,23 @@ def test_bad_resume_id_and_other_settings_are_one_line(tiny_data_dir: Path, trac
     assert result.returncode == 2, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: resume: run ") and "other settings: lr=0.1 (now 0.05)" in last
+    result = _main([*args, "--country-iso-code", "FRA", "--resume", parent.info.run_id], tracking_uri, tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]  # one ledger prices every sitting on the same grid
+    assert "other settings: country_iso_code=USA (now FRA)" in result.stderr.strip().splitlines()[-1]
+
+
+def test_resume_refuses_another_machine_and_sums_every_child() -> None:
+    """Pure parts of a resumed sitting: another measuring method or CPU is refused; the parent's summary of a
+    sitting that resumed fewer variants still covers the others."""
+    plan = ResumePlan(finished={"baseline": ChildOutcome("baseline", "b", "FINISHED", {"energy_kwh": 1.0})},
+                      unfinished={"amp": "a", "pruned": "p"},
+                      machine={"a": {"energy_method": "cpu=rapl, gpu=none, ram=constant-estimate", "cpu_model": "EPYC"}})
+    plan.check_same_machine({"energy_method": "cpu=rapl, gpu=none, ram=constant-estimate", "cpu_model": "EPYC"})
+    with pytest.raises(ConfigError, match="run a was measured elsewhere: cpu_model='EPYC' \\(now 'Xeon'\\)"):
+        plan.check_same_machine({"energy_method": "cpu=rapl, gpu=none, ram=constant-estimate", "cpu_model": "Xeon"})
+    this_sitting = [ChildOutcome("amp", "a", "FINISHED", {"energy_kwh": 2.0})]
+    others = _not_in_this_sitting(plan, this_sitting)
+    assert [(c.variant, c.status) for c in others] == [("baseline", "FINISHED"), ("pruned", "KILLED")]
 
 
 def test_interrupt_while_waiting_for_the_measurement_lock(tiny_data_dir: Path, tracking_uri: str, tmp_path: Path) -> None:
