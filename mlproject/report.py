@@ -13,7 +13,8 @@ def main(argv: list[str] | None = None) -> int:
 
         args = report_parser().parse_args(sys.argv[1:] if argv is None else argv)
         result = build_report(args.experiment, args.parent_run_ids, args.filter, args.aggregate,
-                              args.include_trials, args.register, args.within_points)
+                              args.include_trials, args.register, args.within_points, args.regions,
+                              args.carbon_intensity_csv)
         print("\n".join(summary_lines(result, args.aggregate)))
         return 0
 

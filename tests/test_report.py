@@ -148,7 +148,7 @@ def test_report_compares_only_the_main_variants(store: dict[str, object], tmp_pa
     assert metrics["curves_plotted"] == 3  # quantized: its baseline's epochs
 
     page = Path(client.download_artifacts(result.run_id, "report.html", str(tmp_path))).read_text()
-    assert page.count("data:image/png;base64,") == 3 and "lifecycle_energy_kwh" in page
+    assert page.count("data:image/png;base64,") == 4 and "lifecycle_energy_kwh" in page  # + emissions_by_region.png
     assert all(ids[v] in page for v in ("baseline", "pruned", "quantized")) and ids["trials"][0] not in page
     assert "Logged-directly CPU" in page and "AVX2" in page
     interactive = Path(client.download_artifacts(result.run_id, "accuracy_vs_energy.html", str(tmp_path))).read_text()

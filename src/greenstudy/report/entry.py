@@ -32,6 +32,8 @@ from mlflow.tracking import MlflowClient
 from greenstudy.cli import one_line_parser
 from greenstudy.config import parse_bool
 from greenstudy.errors import ConfigError
+from greenstudy.measure.carbon import IntensitySeries, read_series
+from greenstudy.measure.intensity import GridIntensity, parse_regions
 from greenstudy.report.comparison import (
     AGGREGATES,
     ROW_COLUMNS,
@@ -52,7 +54,9 @@ from greenstudy.report.plots import (
     plot_learning_curves,
     write_accuracy_vs_energy_html,
 )
+from greenstudy.report.regions import REGION_COLUMNS, plot_region_emissions, region_rows, regions_html
 from greenstudy.report.registry import Registered, check_within_points, register_front
+from greenstudy.report.timing import TIMING_COLUMNS, timing_html, timing_rows
 from greenstudy.tracking import ensure_tracking_reachable, run_scope, write_dict_csv
 
 DEFAULT_EXPERIMENT = ""  # = where the runs are (see resolve_experiments)
@@ -71,6 +75,8 @@ class ReportResult:
     skipped: list[Skipped]
     counts: dict[str, int] = field(default_factory=dict)
     registered: list[Registered] = field(default_factory=list)
+    grids: list[GridIntensity] = field(default_factory=list)  # where to train: the grids priced
+    series: IntensitySeries | None = None  # when to train: the hourly series, if given
 
     @property
     def empty(self) -> bool:
@@ -201,13 +207,14 @@ def _history(client: MlflowClient, run_id: str) -> tuple[dict[int, float], dict[
 def build_report(
     experiment: str = DEFAULT_EXPERIMENT, parent_run_ids: str | Sequence[str] | None = None,
     filter_string: str = "", aggregate: str = "latest", include_trials: bool = False,
-    register: bool = False, within_points: float = 1.0,
+    register: bool = False, within_points: float = 1.0, regions: str = "default", carbon_intensity_csv: str = "",
 ) -> ReportResult:
     """Read the runs, log the comparison to a new run tagged kind=report and, with `register`, register
     the front of each model (greenstudy.report.registry)."""
     if aggregate not in AGGREGATES:
         raise ConfigError(f"unknown aggregate {aggregate!r}: choose one of {', '.join(AGGREGATES)}")
     check_within_points(within_points)
+    grids, series = parse_regions(regions), read_series(carbon_intensity_csv) if carbon_intensity_csv else None
     ensure_tracking_reachable()
     client = MlflowClient()
     experiments = resolve_experiments(client, experiment)
@@ -223,10 +230,12 @@ def build_report(
     with run_scope("report", experiments[0].name, tags=tags) as run:
         wanted = {"experiment": experiment or "auto", "parent_run_ids": ",".join(parents) or "none",
                   "filter": filter_string or "", "aggregate": aggregate, "include_trials": str(include_trials).lower(),
-                  "register": str(register).lower(), "within_points": within_points}
+                  "register": str(register).lower(), "within_points": within_points, "regions": regions or "default",
+                  "carbon_intensity_csv": carbon_intensity_csv}
         logged = mlflow.get_run(run.info.run_id).data.params  # `mlflow run` logged the entry point's params already
         mlflow.log_params({k: v for k, v in wanted.items() if k not in logged})
-        result = ReportResult(shown, run.info.run_id, run.info.artifact_uri, rows, points, skipped)
+        result = ReportResult(shown, run.info.run_id, run.info.artifact_uri, rows, points, skipped, grids=grids,
+                              series=series)
         if register:
             result.registered = register_front(client, points, within_points)
             mlflow.set_tag("registered_models", ",".join(sorted({r.name for r in result.registered})) or "none")
@@ -261,13 +270,20 @@ def _write_artifacts(result: ReportResult, curves: list[Curve], aggregate: str, 
         "breakdown_runs": plot_energy_breakdown(points, [phase_breakdown(p) for p in points], out / "energy_breakdown.png"),
         "curves": plot_learning_curves(curves, out / "learning_curves.png", model_colours(points)),
     }
+    where, when = region_rows(result.rows, result.grids), timing_rows(points, result.series)
+    write_dict_csv(where, REGION_COLUMNS, out / "regions.csv")
+    counts["region_bars"] = plot_region_emissions(where, result.grids, out / "emissions_by_region.png")
+    if when:
+        write_dict_csv(when, TIMING_COLUMNS, out / "timing.csv")
+        counts["timing_rows"] = len(when)
+    sections = [regions_html(where, result.grids, out / "emissions_by_region.png"), timing_html(when, result.series)]
     pictures = {
         "Accuracy against lifecycle energy per run": out / "accuracy_vs_energy.png",
         "Own energy breakdown: CPU / GPU / RAM, train / val / setup / test": out / "energy_breakdown.png",
         "Validation accuracy against cumulative train + validation energy": out / "learning_curves.png",
     }
     page = render_report_html(result.experiment, message, result.rows, points, result.skipped, aggregate, pictures,
-                              [r.line() for r in result.registered])
+                              [r.line() for r in result.registered], sections)
     (out / "report.html").write_text(page)
     return counts
 
@@ -315,4 +331,7 @@ def report_parser() -> argparse.ArgumentParser:
     add("--include-trials", type=parse_bool, default=False, help="also compare Optuna trials (kind=trial)")
     add("--register", type=parse_bool, default=False, help="register each model's front in the Model Registry")
     add("--within-points", type=float, default=1.0, help="accuracy points for the accurate-within-<N>pt alias")
+    add("--regions", default="default", help="grids to price the energy on: ISO3 countries and provider:region cloud "
+        "regions, e.g. FRA,POL,gcp:europe-north1; default: the lowest, median and highest bundled cloud regions")
+    add("--carbon-intensity-csv", default="", help="hourly series (timestamp UTC, gCO2eq/kWh) to price each run's hours")
     return parser

@@ -71,8 +71,9 @@ def _img(path: Path, alt: str) -> str:
 
 def render_report_html(title: str, message: str, rows: Sequence[dict[str, object]], points: Sequence[RunPoint],
                        skipped: Sequence[Skipped], aggregate: str, pictures: dict[str, Path],
-                       registry_lines: Sequence[str] = ()) -> str:
-    """One self-contained page: message, table, set-ups, pictures (base64), registry, skipped runs."""
+                       registry_lines: Sequence[str] = (), sections: Sequence[str] = ()) -> str:
+    """One self-contained page: message, table, set-ups, pictures (base64), extra `sections` (ready HTML:
+    where and when to train), registry, skipped runs."""
     headers, cells = display_table(rows)
     setups = hardware_rows(points)
     estimate = any("estimate" in str(s["energy_method"]) for s in setups)
@@ -90,6 +91,7 @@ def render_report_html(title: str, message: str, rows: Sequence[dict[str, object
                      "compare runs measured the same way only.</p>")
     parts.append("<h2>Pictures</h2><p>Interactive version: accuracy_vs_energy.html (next to this page).</p>")
     parts += [_img(path, alt) for alt, path in pictures.items()]
+    parts += list(sections)
     if registry_lines:
         parts.append("<h2>Model Registry</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in registry_lines)
                      + "</ul>")

@@ -204,8 +204,8 @@ def reuse(trial: optuna.Trial, measured: FrozenTrial) -> tuple[float, ...]:
 
 
 def child_energy_kwh(child: object, client: object) -> float:
-    """What the child measured: its `energy_kwh`; for a failed run (which logs no final metrics) the
-    `cumulative_energy_kwh` of its last finished epoch as logged, 0 when it failed in its first epoch."""
+    """What the child measured: its `energy_kwh` (a failed run logs the partial one over the phases it measured);
+    for a run that logged none of it, the `cumulative_energy_kwh` of its last finished epoch, else 0."""
     if "energy_kwh" in child.metrics:
         return float(child.metrics["energy_kwh"])
     if child.run_id:
@@ -230,8 +230,10 @@ def run_study(config: StudyConfig) -> StudyOutcome:
 
     import mlflow
 
+    from greenstudy.measure.carbon_hooks import check_series
     from greenstudy.runs.main_run import make_bench, prepare
 
+    check_series(config.run)  # carbon_intensity_csv / start_below_gco2: a bad series fails before the data loads
     device, cpu_data = prepare(config.run)
     config, variant_choice = resolve_variant(config, device)
     cfg = config.run
@@ -272,6 +274,7 @@ def _run_parent(config: StudyConfig, study: optuna.Study, trainer: Trainer, show
                 meter: object) -> StudyOutcome:
     import mlflow
 
+    from greenstudy.measure.carbon_hooks import wait_for_low_carbon, wait_metrics
     from greenstudy.progress import say
     from greenstudy.tracking import run_scope
 
@@ -295,6 +298,12 @@ def _run_parent(config: StudyConfig, study: optuna.Study, trainer: Trainer, show
         mlflow.log_params({k: v for k, v in study_params(config, shown_storage, sampler_seed).items() if k not in existing})
         say(f"study {config.study_name}: up to {config.n_trials} trials, objective={config.objective}, "
             f"sampler={config.sampler} (seed {sampler_seed}), {trainer.tags['variant_choice']}")
+        waited: list = []  # start_below_gco2: the wait for a low-carbon hour, measured (a wait costs energy too)
+        try:
+            wait_for_low_carbon(meter, waited, cfg)
+        finally:  # an interrupted wait was spent too
+            if waited:
+                mlflow.log_metrics(wait_metrics(waited))
         try:
             if left == []:
                 say(f"every batch size of {config.batch_choices} has been tried already: no new trial")
