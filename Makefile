@@ -15,7 +15,9 @@ $(VENV)/.installed: pyproject.toml $(BIN)/activate
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@
 
+# the default MLflow store (sqlite:///mlflow.db here) created and migrated once, before any parallel run
 install: $(VENV)/.installed
+	$(BIN)/greenstudy store init sqlite:///mlflow.db
 
 system-deps:
 	bash .ci/system-deps.sh
@@ -34,7 +36,7 @@ lint: install
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) mlruns mlflow.db optuna.db
+	rm -rf $(VENV) mlruns mlflow.db mlflow.db.lock optuna.db
 
 # results/ regenerated from MLflow (MLFLOW_TRACKING_URI): make results EXPERIMENT=a[,b] [STUDY=name] [STORAGE=optuna-url]
 EXPERIMENT ?= greenstudy-cifar100

@@ -1,7 +1,8 @@
 """The package command line: `greenstudy <command> <subcommand> ...` (also `python -m greenstudy`).
 
 Commands register themselves in `COMMANDS`: a function that adds its subparser(s) and sets
-`handler` (args -> exit code). `study show` prints an Optuna study's Pareto front as a table.
+`handler` (args -> exit code). `study show` prints an Optuna study's Pareto front as a table;
+`store init` creates an MLflow store (and experiments) once, before parallel runs use it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,32 @@ def _add_study(commands: argparse._SubParsersAction) -> None:
     show.set_defaults(handler=_study_show)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_study]
+def _store_init(args: argparse.Namespace) -> int:
+    import mlflow
+
+    from greenstudy.errors import ConfigError
+    from greenstudy.store import prepare_store
+
+    uri = args.uri or mlflow.get_tracking_uri()
+    try:
+        ready = prepare_store(uri, tuple(args.experiment))
+    except Exception as exc:  # MLflow/SQLAlchemy: unknown scheme, unwritable folder, unreachable server
+        raise ConfigError(f"cannot prepare MLflow store {uri}: {str(exc).strip().splitlines()[0]}") from exc
+    print(ready.line())
+    return 0
+
+
+def _add_store(commands: argparse._SubParsersAction) -> None:
+    store = commands.add_parser("store", help="MLflow tracking stores")
+    actions = store.add_subparsers(dest="action", required=True, metavar="ACTION")
+    init = actions.add_parser("init", help="create and migrate a store once (under a lock), before parallel runs use it")
+    init.add_argument("uri", nargs="?", default=None, help="tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    init.add_argument("--experiment", action="append", default=[], metavar="NAME",
+                      help="also create this experiment (repeatable): for parallel `mlflow run --experiment-name NAME`")
+    init.set_defaults(handler=_store_init)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_study, _add_store]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from greenstudy.measure.precision import cpu_capability
 from greenstudy.progress import duration
+from greenstudy.store import prepare_store
 from greenstudy.training.data import SPECS, write_synthetic_cifar
 
 # Sized to end within ~5 minutes on a 2-core AVX2 CPU (fp32 ResNet-18 trains ~25 img/s there).
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     command = ["mlflow", "run", ".", "--env-manager", "local", "--experiment-name", args.experiment]
     for name, value in params.items():
         command += ["-P", f"{name}={value}"]
+    print(prepare_store(mlflow.get_tracking_uri(), (args.experiment,)).line())  # once, before `mlflow run` touches it
     print("running:", " ".join(command), flush=True)
     started = time.perf_counter()
     code = subprocess.call(command)

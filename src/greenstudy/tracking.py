@@ -21,6 +21,7 @@ from mlflow.models import infer_signature
 from torch import nn
 
 from greenstudy.errors import TrackingError, VariantSkipped
+from greenstudy.store import prepare_store, sqlite_path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -49,8 +50,14 @@ PIP_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1"]
 
 
 def ensure_tracking_reachable(timeout_s: float = 5.0) -> str:
-    """Fail within seconds, with one line, when the tracking URI is a server that does not answer."""
+    """Fail within seconds, with one line, when the tracking URI is a server that does not answer; a
+    SQLite store is created and migrated once, under its lock, before any run touches it (greenstudy.store)."""
     uri = mlflow.get_tracking_uri()
+    if sqlite_path(uri) is not None:
+        try:
+            prepare_store(uri)
+        except Exception as exc:  # MLflow/SQLAlchemy errors: a folder we cannot write, a broken database
+            raise TrackingError(f"MLflow store {uri} cannot be opened: {str(exc).splitlines()[0]}") from exc
     if uri.startswith(("http://", "https://")):
         try:
             urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
