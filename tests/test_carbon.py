@@ -236,4 +236,6 @@ def test_the_wait_is_measured_as_a_ledger_phase(tmp_path: Path) -> None:
     assert wait.energy_kwh > 0 and wait.seconds == pytest.approx(waited, abs=0.5)
     assert wait_metrics(ledger) == {"wait_seconds": wait.seconds, "wait_energy_kwh": wait.energy_kwh,
                                     "wait_emissions_kg": wait.emissions_kg}
+    # CodeCarbon priced the wait on its own grid (USA, annual) at the intensity our table look-up reads
+    assert wait.emissions_kg == pytest.approx(wait.energy_kwh * lookup("USA").kg_per_kwh, rel=1e-9)
     assert utc(now).endswith("UTC")

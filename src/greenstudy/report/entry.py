@@ -315,6 +315,8 @@ def report_for_experiment(
 ) -> tuple[str, str]:
     """Build the report and return (report run id, path or URI of its report.html)."""
     result = build_report(experiment_name, parent_run_ids, filter_string, aggregate)
+    lines.append(f"where to train: the energy priced on {', '.join(g.key for g in result.grids)} (regions.csv, "
+                 f"emissions_by_region.png{', timing.csv' if result.series else ''})")
     return result.run_id, result.report_location
 
 

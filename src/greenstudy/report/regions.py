@@ -70,8 +70,8 @@ def sources_caption(grids: Sequence[GridIntensity]) -> str:
 
 
 def plot_region_emissions(table: Sequence[dict[str, object]], grids: Sequence[GridIntensity], path: Path) -> int:
-    """Grouped bars: lifecycle emissions (g CO2eq, log scale) per region, one bar per variant row, the own
-    share as a hatched overlay; the grids ordered by intensity, their sources under the axes. Returns the
+    """Grouped bars: lifecycle emissions (g CO2eq, log scale, value on top) per region, one bar per variant row,
+    the own share as a hatched overlay; the grids ordered by intensity, their sources under the axes. Returns the
     number of bars drawn (one per table row)."""
     ordered = sorted(grids, key=lambda g: (g.g_per_kwh, g.key))
     series = list(dict.fromkeys(_series_label(r) for r in table))
@@ -87,6 +87,7 @@ def plot_region_emissions(table: Sequence[dict[str, object]], grids: Sequence[Gr
                       label=f"{label} lifecycle", edgecolor="black", linewidth=0.5)
         ax.bar(xs, [r["own_emissions_g"] for r in mine], width * 0.5, color="none", edgecolor="black", hatch="//",
                linewidth=0.5, label="own (hatched)" if s == 0 else None)
+        ax.bar_label(bars, fmt="%.3g", fontsize=7, padding=2)
         drawn += len(bars)
     ax.set_xticks(range(len(ordered)), [f"{g.label}\n{g.g_per_kwh:g} gCO2eq/kWh" for g in ordered], fontsize=8)
     if drawn:
