@@ -305,6 +305,8 @@ def summary_lines(result: ReportResult, aggregate: str = "latest") -> list[str]:
     if result.rows:
         lines.append(markdown_table(result.rows, aggregate).rstrip())
     lines += [f"registered: {r.line()}" for r in result.registered]
+    lines.append(f"where to train: the energy priced on {', '.join(g.key for g in result.grids)} (regions.csv, "
+                 f"emissions_by_region.png{', timing.csv' if result.series else ''})")
     lines.append(f"report: {result.report_location}")
     return lines
 
@@ -315,8 +317,6 @@ def report_for_experiment(
 ) -> tuple[str, str]:
     """Build the report and return (report run id, path or URI of its report.html)."""
     result = build_report(experiment_name, parent_run_ids, filter_string, aggregate)
-    lines.append(f"where to train: the energy priced on {', '.join(g.key for g in result.grids)} (regions.csv, "
-                 f"emissions_by_region.png{', timing.csv' if result.series else ''})")
     return result.run_id, result.report_location
 
 
