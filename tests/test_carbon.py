@@ -239,3 +239,22 @@ def test_the_wait_is_measured_as_a_ledger_phase(tmp_path: Path) -> None:
     # CodeCarbon priced the wait on its own grid (USA, annual) at the intensity our table look-up reads
     assert wait.emissions_kg == pytest.approx(wait.energy_kwh * lookup("USA").kg_per_kwh, rel=1e-9)
     assert utc(now).endswith("UTC")
+
+
+def test_tune_refuses_a_series_that_cannot_price_it_before_loading_data(tmp_path: Path) -> None:
+    """One `error:` line within seconds: the series ended before the run (no data folder is even looked at)."""
+    import subprocess
+
+    from tests.conftest import PYTHON, ROOT, entry_env
+
+    series = write_series(tmp_path / "past.csv", HOURLY)
+    began = time.monotonic()
+    done = subprocess.run([PYTHON, str(ROOT / "mlproject" / "tune.py"), "--data-dir", str(tmp_path / "no-data"),
+                           "--download", "false", "--carbon-intensity-csv", str(series), "--start-below-gco2", "100"],
+                          env=entry_env(f"sqlite:///{tmp_path / 'mlflow.db'}"), cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode != 0 and time.monotonic() - began < 60
+    lines = [line for line in done.stderr.splitlines() if line.strip() and "INFO" not in line]
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"error: carbon_intensity_csv covers {utc(T0)} .. {utc(T0 + 6 * 3600)}, which ends "
+                               "before this run starts")
