@@ -92,6 +92,8 @@ class RunConfig:
     compile: str = "auto"
     experiment: str = ""
     extra_tags: dict[str, str] = field(default_factory=dict)
+    devices: int = 1
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -121,6 +123,10 @@ class RunConfig:
                 raise ConfigError(f"{name} must be 0 or more, got {value}")
         if self.epochs < 1:
             raise ConfigError(f"epochs must be at least 1, got {self.epochs}")
+        if self.devices < 1:
+            raise ConfigError(f"devices must be at least 1, got {self.devices}")
+        if self.sync_bn and self.devices < 2:
+            raise ConfigError("sync_bn=true needs devices of 2 or more (it synchronises batch norm across devices)")
         if self.resolution < 32:
             raise ConfigError(f"resolution must be 32 or more, got {self.resolution}")
         if not self.lr > 0:

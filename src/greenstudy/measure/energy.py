@@ -93,33 +93,49 @@ def machine_lock(label: str) -> Iterator[None]:
 
 
 class _NvmlCounter:
-    """The run's own GPU's cumulative energy counter (mJ), read through NVML; absent off CUDA."""
+    """The job's GPUs' cumulative energy counters (mJ), read through NVML and summed; absent off CUDA."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.handle: object | None = None
-        if device.type != "cuda":
+    def __init__(self, gpu_ids: list[int]) -> None:
+        self.handles: list[object] = []
+        if not gpu_ids:
             return
         try:
             import pynvml
 
             pynvml.nvmlInit()
-            self.handle = pynvml.nvmlDeviceGetHandleByIndex(_gpu_index(device))
+            self.handles = [pynvml.nvmlDeviceGetHandleByIndex(index) for index in gpu_ids]
             self.read()
-        except Exception:  # noqa: BLE001 - no NVML or no energy counter on this GPU: no cross-check
-            self.handle = None
+        except Exception:  # noqa: BLE001 - no NVML or no energy counter on a GPU: no cross-check
+            self.handles = []
 
     @property
     def available(self) -> bool:
-        return self.handle is not None
+        return bool(self.handles)
 
     def read(self) -> float:
         import pynvml
 
-        return pynvml.nvmlDeviceGetTotalEnergyConsumption(self.handle) / 3.6e9  # mJ -> kWh
+        return sum(pynvml.nvmlDeviceGetTotalEnergyConsumption(handle) for handle in self.handles) / 3.6e9  # mJ -> kWh
+
+
+def ranks_on_this_machine() -> int:
+    """Processes of this job on this machine: torchrun's LOCAL_WORLD_SIZE (1 outside torchrun)."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
+
+
+def job_gpu_ids(device: torch.device) -> list[int]:
+    """The GPUs the job uses on this machine, by the physical index NVML and CodeCarbon know them by: the
+    run's own GPU, or under torchrun every local rank's (cuda:0 .. cuda:LOCAL_WORLD_SIZE-1). None on a CPU."""
+    if device.type != "cuda":
+        return []
+    local = ranks_on_this_machine()
+    if local > 1:
+        return [_gpu_index(torch.device("cuda", index)) for index in range(local)]
+    return [_gpu_index(device)]
 
 
 def _gpu_index(device: torch.device) -> int:
-    """The physical index NVML and CodeCarbon know the run's GPU by (CUDA_VISIBLE_DEVICES mapped)."""
+    """The physical index NVML and CodeCarbon know a GPU by (CUDA_VISIBLE_DEVICES mapped)."""
     index = device.index if device.index is not None else torch.cuda.current_device()
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     ids = [part.strip() for part in visible.split(",") if part.strip()]
@@ -129,7 +145,10 @@ def _gpu_index(device: torch.device) -> int:
 
 
 class EnergyMeter:
-    """One CodeCarbon tracker for a process; `phase(name, kind)` measures a block of work."""
+    """One CodeCarbon tracker for a process; `phase(name, kind)` measures a block of work. In a job of
+    several processes on one machine (torchrun), only rank 0 makes one: it measures every GPU of the job
+    (CodeCarbon with exactly those `gpu_ids`, NVML on each, summed) and the CPU and RAM once; the other
+    ranks measure nothing (CodeCarbon issue #544: a tracker per rank would count the machine once per rank)."""
 
     def __init__(
         self, device: torch.device, country_iso_code: str = "USA",
@@ -140,7 +159,8 @@ class EnergyMeter:
         self.device = device
         self.cpu_power_w = cpu_power_w
         self.ram_power_w = ram_power_w
-        gpu_ids = [_gpu_index(device)] if device.type == "cuda" else []  # a CPU run charges no GPU
+        self.gpu_ids = job_gpu_ids(device)  # a CPU run charges no GPU
+        gpu_ids = self.gpu_ids
         self._tracker = OfflineEmissionsTracker(
             country_iso_code=country_iso_code,
             output_methods=[],
@@ -152,9 +172,13 @@ class EnergyMeter:
             project_name="greenstudy",
         )
         logging.getLogger("codecarbon").setLevel(logging.ERROR)
-        self._nvml = _NvmlCounter(device)
+        self._nvml = _NvmlCounter(gpu_ids)
         self._started = False
         self._method = ""
+        if ranks_on_this_machine() > 1:
+            what = f"GPUs {gpu_ids}" if gpu_ids else f"{ranks_on_this_machine()} CPU processes"
+            print(f"energy: rank {os.environ.get('RANK', '0')} measures this machine once: {what}, CPU and RAM once; "
+                  "the other ranks measure nothing", file=sys.stderr, flush=True)
 
     def start(self) -> None:
         if not self._started:
@@ -167,17 +191,19 @@ class EnergyMeter:
             self._started = False
 
     def _sync(self) -> None:
-        if self.device.type == "cuda":
+        if self.device.type == "cuda":  # the job's GPUs that this process drives (the others sync their own)
             torch.cuda.synchronize(self.device)
 
     @contextmanager
-    def phase(self, ledger: list[PhaseEnergy], name: str, kind: str, epoch: int = 0) -> Iterator[PhaseEnergy]:
+    def phase(self, ledger: list[PhaseEnergy], name: str, kind: str, epoch: int = 0,
+              devices: int = 1) -> Iterator[PhaseEnergy]:
         """Measure the enclosed block and append it to `ledger` when it ends (the yielded PhaseEnergy is
         filled in then). Training work cut short by Ctrl-C is recorded as kind `interrupted` (test and
         inference keep their kind), flagged `cut_short`; a missing reading raises MissingEnergyReading naming
-        the phase, never a silent 0 — unless the block already failed, whose error then wins."""
+        the phase, never a silent 0 — unless the block already failed, whose error then wins. `devices`: how
+        many devices worked in it (data-parallel training; the ledger says so)."""
         self.start()
-        result = PhaseEnergy(name, kind, epoch, method=self.energy_method())
+        result = PhaseEnergy(name, kind, epoch, method=self.energy_method(), devices=devices)
         self._sync()
         nvml_start = self._nvml.read() if self._nvml.available else None
         self._tracker.start_task(name)

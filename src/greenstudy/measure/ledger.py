@@ -58,6 +58,7 @@ class PhaseEnergy:
     sitting: int = 1
     cut_short: bool = False
     codecarbon_seconds: float = 0.0  # CodeCarbon's own duration of the task (cross-checks `seconds`)
+    devices: int = 1  # devices (GPUs, or CPU processes) working in the phase: several for data-parallel training
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -151,6 +152,7 @@ def phase_from_row(row: dict[str, str]) -> PhaseEnergy:
         method=row["method"], gpu_nvml_kwh=float(row["gpu_nvml_kwh"]) if row.get("gpu_nvml_kwh") else None,
         upstream_run_id=row.get("upstream_run_id") or "", sitting=int(row.get("sitting") or 1),
         cut_short=str(row.get("cut_short")) == "True", codecarbon_seconds=float(row.get("codecarbon_seconds") or 0.0),
+        devices=int(row.get("devices") or 1),
     )
 
 

@@ -50,7 +50,10 @@ def make_bench(cfg: RunConfig, device: torch.device, cpu_data: CifarData) -> tup
         "energy_method": meter.energy_method(), "codecarbon_version": meter.codecarbon_version,
         "torch_version": torch.__version__, "cpu_capability": cpu_capability(), "cpu_threads": str(torch.get_num_threads()),
         **meter.hardware(), **configure_device(device), **cfg.extra_tags,
+        "devices": str(cfg.devices),  # > 1: data-parallel training over that many devices (greenstudy.training.launch)
     }
+    if cfg.devices > 1:
+        tags["sync_bn"] = str(cfg.sync_bn).lower()
     if device.type == "cuda":
         tags["gpu_model"] = torch.cuda.get_device_name(device)
     say(f"energy: {tags['energy_method']} (CodeCarbon {meter.codecarbon_version}, {tags['cpu_model']}, "

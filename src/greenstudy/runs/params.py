@@ -23,11 +23,11 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     for name in ("model", "dataset", "data_dir", "device", "country_iso_code", "compile", "experiment", "amp_dtype",
                  "carbon_intensity_csv"):
         add(f"--{name.replace('_', '-')}", default=default(name))
-    for name in ("epochs", "batch_size", "seed", "train_subset", "val_size", "test_subset", "resolution"):
+    for name in ("epochs", "batch_size", "seed", "train_subset", "val_size", "test_subset", "resolution", "devices"):
         add(f"--{name.replace('_', '-')}", type=int, default=default(name))
     for name in ("lr", "weight_decay", "label_smoothing", "infer_seconds"):
         add(f"--{name.replace('_', '-')}", type=float, default=default(name))
-    for name in ("download", "channels_last", "stop_at_target"):
+    for name in ("download", "channels_last", "stop_at_target", "sync_bn"):
         add(f"--{name.replace('_', '-')}", type=parse_bool, default=default(name))
     for name in ("cpu_power_w", "ram_power_w", "target_acc1", "start_below_gco2"):
         add(f"--{name.replace('_', '-')}", type=optional_float, default=default(name))

@@ -25,9 +25,16 @@ FINGERPRINT_FIELDS = (
 )
 
 
+# several-device settings: in the fingerprint only when not the default, so one-device checkpoints made before
+# they existed still resume (Checkpointer.load compares both ways: resume works with the same `devices` only)
+DEVICE_FIELDS = {"devices": 1, "sync_bn": False}
+
+
 def fingerprint(cfg: object) -> dict[str, object]:
     """The config values a resumed run must share with the interrupted one."""
-    return {name: getattr(cfg, name) for name in FINGERPRINT_FIELDS}
+    found = {name: getattr(cfg, name) for name in FINGERPRINT_FIELDS}
+    found.update({name: getattr(cfg, name) for name, usual in DEVICE_FIELDS.items() if getattr(cfg, name, usual) != usual})
+    return found
 
 
 def rng_state(generator: torch.Generator) -> dict[str, object]:
@@ -80,6 +87,7 @@ class Checkpointer:
             raise ConfigError(f"checkpoint {self.path} is unreadable ({type(exc).__name__}): delete it to start over") from exc
         stored = state.get("fingerprint", {})
         diff = [f"{k}={stored.get(k)!r} (now {v!r})" for k, v in expected.items() if stored.get(k) != v]
+        diff += [f"{k}={stored[k]!r} (now {DEVICE_FIELDS[k]!r})" for k in DEVICE_FIELDS if k in stored and k not in expected]
         if diff:
             raise ConfigError(f"checkpoint {self.path} was made with other settings: {', '.join(diff)}")
         return state

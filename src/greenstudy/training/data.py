@@ -8,7 +8,7 @@ import pickle
 import socket
 import stat
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -288,15 +288,17 @@ class Normalizer:
 
 
 def train_batches(
-    split: Split, batch_size: int, generator: torch.Generator, augment: bool = True
+    split: Split, batch_size: int, generator: torch.Generator, augment: bool = True,
+    safe_point: Callable[[], None] = stop_if_interrupted,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Shuffled uint8 batches (augmented on the split's device); the last short batch is dropped
-    unless the split is smaller than one batch."""
+    unless the split is smaller than one batch. `safe_point` runs before each batch (several ranks: the
+    agreed one, greenstudy.training.distributed)."""
     count = len(split)
     order = torch.randperm(count, device=split.images.device, generator=generator)
     stop = count - count % batch_size if count >= batch_size else count
     for start in range(0, stop, batch_size):
-        stop_if_interrupted()
+        safe_point()
         index = order[start : start + batch_size]
         images = split.images[index]
         if augment:
@@ -304,8 +306,10 @@ def train_batches(
         yield images, split.labels[index]
 
 
-def eval_batches(split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def eval_batches(
+    split: Split, batch_size: int, safe_point: Callable[[], None] = stop_if_interrupted,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches in order, last one short."""
     for start in range(0, len(split), batch_size):
-        stop_if_interrupted()
+        safe_point()
         yield split.images[start : start + batch_size], split.labels[start : start + batch_size]

@@ -13,11 +13,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from greenstudy.config import RunConfig
+from greenstudy.errors import TrainingDiverged
 from greenstudy.measure.energy import EnergyMeter
 from greenstudy.measure.ledger import Ledger, PhaseEnergy
 from greenstudy.measure.precision import Precision
 from greenstudy.progress import EpochProgress
 from greenstudy.tracking import log_epoch
+from greenstudy.training import distributed
 from greenstudy.training.checkpoint import Checkpointer, fingerprint, restore_rng, rng_state
 from greenstudy.training.control import EpochReport, TrainingControl
 from greenstudy.training.data import CifarData, Normalizer, train_batches
@@ -35,6 +37,20 @@ class FitResult:
     first_epoch: int = 1  # > 1 when this sitting resumed from a checkpoint
 
 
+@dataclass
+class FitOrder:
+    """What rank 0 sends the other ranks of a several-device job for one `fit`: they train the same model
+    (a CPU copy; DistributedDataParallel then broadcasts rank 0's weights) with the same settings."""
+
+    cfg: RunConfig
+    model: nn.Module
+    precision: Precision
+    epochs: int
+    lr: float
+    label: str
+    resume: dict[str, object] | None = None
+
+
 def compile_wanted(cfg: RunConfig, device: torch.device) -> bool:
     return cfg.compile == "true" or (cfg.compile == "auto" and device.type == "cuda")
 
@@ -42,7 +58,7 @@ def compile_wanted(cfg: RunConfig, device: torch.device) -> bool:
 def _setup(cfg: RunConfig, data: CifarData, model: nn.Module, precision: Precision, epochs: int, lr: float,
            device: torch.device) -> TrainSetup:
     optimizer = make_optimizer(model, lr, cfg.weight_decay)
-    total_steps = epochs * steps_per_epoch(len(data.train), cfg.batch_size)
+    total_steps = epochs * steps_per_epoch(len(data.train), cfg.batch_size)  # global batches: the same on N ranks
     return TrainSetup(
         model=model,
         optimizer=optimizer,
@@ -54,6 +70,7 @@ def _setup(cfg: RunConfig, data: CifarData, model: nn.Module, precision: Precisi
         device=device,
         generator=torch.Generator(device=device).manual_seed(cfg.seed),
         scaler=torch.amp.GradScaler(device.type) if precision.needs_scaler else None,
+        step_fn=distributed.wrap(model, device, cfg.sync_bn) if distributed.current() else None,
     )
 
 
@@ -63,7 +80,7 @@ def warm_up_compiled(setup: TrainSetup, data: CifarData) -> None:
     buffers, the batch generator and the global RNG are left exactly as they were."""
     saved = copy.deepcopy(setup.model.state_dict())
     generator_state = setup.generator.get_state()
-    setup.step_fn = torch.compile(setup.model)
+    setup.step_fn = torch.compile(setup.step_fn or setup.model)  # several ranks: the DistributedDataParallel module
     devices = [setup.device] if setup.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # dropout/stochastic depth draw as if no warm-up happened
         images, labels = next(train_batches(data.train, setup.batch_size, setup.generator, setup.augment))
@@ -94,7 +111,32 @@ def fit(
     resume: dict[str, object] | None = None, log: Callable[[dict[str, float], int], None] = log_epoch,
 ) -> FitResult:
     """Train `model` in place for `epochs` (fewer when `control` stops it), appending every phase to
-    `ledger` and logging per-epoch metrics; `resume` is a loaded checkpoint to continue from."""
+    `ledger` and logging per-epoch metrics; `resume` is a loaded checkpoint to continue from. In a
+    several-device job, rank 0 first sends the other ranks the order to train with it (see FitOrder)."""
+    ranks = distributed.current()
+    if ranks and ranks.leader:
+        resume_rest = {k: v for k, v in resume.items() if k != "model"} if resume is not None else None
+        distributed.send_order(FitOrder(cfg, copy.deepcopy(model).cpu(), precision, epochs, lr, label, resume_rest))
+    try:
+        result = _fit(cfg, data, meter, model, precision, epochs, lr, label, ledger, control, checkpointer, resume, log)
+    except TrainingDiverged:  # seen by every rank at once (losses summed over ranks)
+        distributed.order_done()
+        raise
+    except BaseException as exc:  # an agreed interrupt has already put the ranks back in step
+        distributed.out_of_step(f"{label}: {type(exc).__name__}")
+        raise
+    finally:
+        if ranks and cfg.sync_bn:
+            distributed.unwrap(model)
+    distributed.order_done()
+    return result
+
+
+def _fit(
+    cfg: RunConfig, data: CifarData, meter: EnergyMeter, model: nn.Module, precision: Precision, epochs: int, lr: float,
+    label: str, ledger: list[PhaseEnergy], control: TrainingControl, checkpointer: Checkpointer | None,
+    resume: dict[str, object] | None, log: Callable[[dict[str, float], int], None],
+) -> FitResult:
     device = data.train.images.device
     setup = _setup(cfg, data, model, precision, epochs, lr, device)
     result = FitResult()
@@ -108,9 +150,9 @@ def fit(
         result.first_epoch = int(resume["epoch"]) + 1
         control.reached = resume["reached"]
     if compile_wanted(cfg, device):
-        with meter.phase(ledger, f"{label}/compile", "setup"):
+        with meter.phase(ledger, f"{label}/compile", "setup", devices=distributed.world_size()):
             warm_up_compiled(setup, data)
-    progress = EpochProgress(label, epochs, result.first_epoch)
+    progress = EpochProgress(label, epochs, result.first_epoch) if distributed.is_leader() else None
     if resume is not None and resume.get("stopped"):  # the control had already ended training
         control.stopped_early = str(resume.get("stopped_early", ""))
         return result
@@ -120,13 +162,18 @@ def fit(
 
 def _epochs(cfg: RunConfig, data: CifarData, meter: EnergyMeter, setup: TrainSetup, epochs: int, label: str,
             ledger: list[PhaseEnergy], control: TrainingControl, checkpointer: Checkpointer | None, result: FitResult,
-            progress: EpochProgress, log: Callable[[dict[str, float], int], None]) -> None:
+            progress: EpochProgress | None, log: Callable[[dict[str, float], int], None]) -> None:
     model, precision, device = setup.model, setup.precision, setup.device
+    ranks = distributed.current()
+    devices = distributed.world_size()
     for epoch in range(result.first_epoch, epochs + 1):
-        with meter.phase(ledger, f"{label}/train/epoch{epoch}", "train", epoch) as train_phase:
+        with meter.phase(ledger, f"{label}/train/epoch{epoch}", "train", epoch, devices=devices) as train_phase:
             train_loss, train_acc1 = train_one_epoch(setup, data.train)
-        with meter.phase(ledger, f"{label}/val/epoch{epoch}", "val", epoch) as val_phase:
-            val = evaluate(setup.step_fn or model, data.val, setup.normalize, precision, device)
+        with meter.phase(ledger, f"{label}/val/epoch{epoch}", "val", epoch, devices=devices) as val_phase:
+            if ranks:  # each rank its shard of every batch, through the plain module (no DDP buffer broadcasts)
+                val = evaluate(model, data.val, setup.normalize, precision, device, shared=True)
+            else:
+                val = evaluate(setup.step_fn or model, data.val, setup.normalize, precision, device)
         so_far = Ledger(ledger)
         cumulative = so_far.energy(*CUMULATIVE_KINDS)
         metrics = {
@@ -137,12 +184,16 @@ def _epochs(cfg: RunConfig, data: CifarData, meter: EnergyMeter, setup: TrainSet
             "cumulative_energy_kwh": cumulative,  # = the epochs' epoch_energy_kwh + these two, every sitting
             "cumulative_setup_energy_kwh": so_far.energy("setup"),
             "cumulative_interrupted_energy_kwh": so_far.energy("interrupted"),
+            "train_steps": setup.epoch_steps,  # optimizer steps (of the global batch) in this epoch
         }
         result.history.append(metrics)
         stop = control.after_epoch(EpochReport(epoch, val["acc1"], cumulative, so_far.seconds(*CUMULATIVE_KINDS)))
+        if ranks:  # only rank 0 measures the energy a budget stop needs
+            stop = distributed.leader_decides(stop)
         if checkpointer is not None:  # before logging: every logged epoch is in the checkpoint
             _save(checkpointer, cfg, setup, epoch, result.history, control, stop)
         log(metrics, epoch)
-        progress.epoch(epoch, metrics, cumulative)
+        if progress is not None:
+            progress.epoch(epoch, metrics, cumulative)
         if stop:
             break

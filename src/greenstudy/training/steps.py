@@ -17,6 +17,7 @@ from torch import nn
 from greenstudy.errors import TrainingDiverged
 from greenstudy.interrupts import stop_if_interrupted
 from greenstudy.measure.precision import Precision
+from greenstudy.training import distributed
 from greenstudy.training.data import Normalizer, Split, eval_batches, train_batches
 
 
@@ -28,13 +29,15 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when present."""
+    """`auto` picks CUDA when present; a rank of a several-device job gets its own GPU (cuda:LOCAL_RANK)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         from greenstudy.errors import ConfigError
 
         raise ConfigError("device=cuda but no CUDA device is visible: use device=cpu or auto")
+    if name == "cuda" and distributed.launched():
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return torch.device(name)
 
 
@@ -50,8 +53,9 @@ def configure_device(device: torch.device) -> dict[str, str]:
 
 
 def set_cpu_threads() -> int:
-    """Use every core this process may run on."""
+    """Use every core this process may run on (shared out between the ranks of a job on this machine)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = max(1, cores // distributed.local_world_from_env())
     torch.set_num_threads(cores)
     return cores
 
@@ -72,6 +76,7 @@ class TrainSetup:
     scaler: torch.amp.GradScaler | None = None
     step_fn: Callable[..., torch.Tensor] | None = None
     augment: bool = True
+    epoch_steps: int = 0  # optimizer steps of the last epoch (several ranks: each made this many, together)
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.SGD:
@@ -96,14 +101,19 @@ def steps_per_epoch(train_size: int, batch_size: int) -> int:
 
 def train_one_epoch(setup: TrainSetup, train: Split) -> tuple[float, float]:
     """One pass over `train`; returns (mean loss, top-1 %). Loss and hits accumulate on the device
-    and are read once at the end, so the step never waits on a host sync."""
+    and are read once at the end, so the step never waits on a host sync. Several ranks: every rank draws
+    the same global batch (same generator) and trains on its shard; loss and hits are summed over ranks."""
     model = setup.model
     model.train()
     loss_sum = torch.zeros((), device=setup.device)
     hits = torch.zeros((), device=setup.device, dtype=torch.long)
-    seen = 0
+    seen = steps = 0
     forward = setup.step_fn or model
-    for images, labels in train_batches(train, setup.batch_size, setup.generator, setup.augment):
+    ranks = distributed.current()
+    safe_point = distributed.safe_point if ranks else stop_if_interrupted
+    for images, labels in train_batches(train, setup.batch_size, setup.generator, setup.augment, safe_point):
+        if ranks:
+            images, labels = distributed.shard(images, labels)
         inputs = setup.normalize(images)
         with setup.precision.autocast(setup.device):
             logits = forward(inputs)
@@ -120,24 +130,35 @@ def train_one_epoch(setup: TrainSetup, train: Split) -> tuple[float, float]:
         loss_sum += loss.detach().float() * labels.shape[0]
         hits += (logits.detach().argmax(1) == labels).sum()
         seen += labels.shape[0]
-    mean_loss = loss_sum.item() / max(seen, 1)
+        steps += 1
+    setup.epoch_steps = steps
+    total_loss, total_hits = loss_sum.item(), hits.item()
+    if ranks:  # every rank raises together below, or none does
+        total_loss, total_hits, seen = distributed.sum_over_ranks([total_loss, total_hits, seen])
+    mean_loss = total_loss / max(seen, 1)
     if not math.isfinite(mean_loss):
         raise TrainingDiverged(f"training loss is {mean_loss}: lower lr (now {setup.optimizer.param_groups[0]['lr']:.3g}) or batch_size")
-    return mean_loss, 100.0 * hits.item() / max(seen, 1)
+    return mean_loss, 100.0 * total_hits / max(seen, 1)
 
 
 @torch.no_grad()
 def evaluate(
     model: nn.Module, split: Split, normalize: Normalizer, precision: Precision, device: torch.device,
-    batch_size: int = 512,
+    batch_size: int = 512, shared: bool = False,
 ) -> dict[str, float]:
     """Loss (plain cross-entropy, no label smoothing: the same for validation and test), top-1 and
-    top-5 accuracy (percent) on a split."""
+    top-5 accuracy (percent) on a split. `shared` (several ranks, validation): each rank evaluates its
+    shard of every batch, at agreed safe points, and the sums are added over ranks."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
     top1 = torch.zeros((), device=device, dtype=torch.long)
     top5 = torch.zeros((), device=device, dtype=torch.long)
-    for images, labels in eval_batches(split, batch_size):
+    shared = shared and distributed.current() is not None
+    for images, labels in eval_batches(split, batch_size, distributed.safe_point if shared else stop_if_interrupted):
+        if shared:
+            images, labels = distributed.shard(images, labels)
+            if not len(labels):
+                continue
         with precision.autocast(device):
             logits = model(normalize(images.to(device, non_blocking=True)))
         labels = labels.to(device, non_blocking=True)
@@ -147,7 +168,10 @@ def evaluate(
         top1 += (best[:, 0] == labels).sum()
         top5 += (best == labels[:, None]).any(dim=1).sum()
     count = max(len(split), 1)
-    return {"loss": loss_sum.item() / count, "acc1": 100.0 * top1.item() / count, "acc5": 100.0 * top5.item() / count}
+    sums = [loss_sum.item(), top1.item(), top5.item()]
+    if shared:
+        sums = distributed.sum_over_ranks(sums)
+    return {"loss": sums[0] / count, "acc1": 100.0 * sums[1] / count, "acc5": 100.0 * sums[2] / count}
 
 
 @torch.no_grad()
