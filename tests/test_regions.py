@@ -126,3 +126,21 @@ def test_mlproject_report_declares_the_new_parameters() -> None:
     assert section["parameters"]["regions"]["default"] == args.regions == "default"
     assert section["parameters"]["carbon_intensity_csv"]["default"] == args.carbon_intensity_csv == ""
     assert "--regions {regions}" in section["command"] and "--carbon-intensity-csv {carbon_intensity_csv}" in section["command"]
+
+
+def test_without_a_series_the_report_shows_what_the_runs_logged(store: dict[str, object], tmp_path: Path) -> None:
+    """A child that logged the timed figures itself (greenstudy.measure.carbon_hooks.timed_metrics on `main`)."""
+    client: MlflowClient = store["client"]
+    experiment_id = client.create_experiment("greenstudy-regions-logged", artifact_location=str(tmp_path / "artifacts"))
+    parent = client.create_run(experiment_id, tags={"kind": "parent", "model": "resnet18"}).info.run_id
+    timed = {"emissions_kg_timed": 0.75e-3, "lifecycle_emissions_kg_timed": 0.75e-3, "best_start_saving_pct": 46.7}
+    child = log_child(client, experiment_id, parent, "resnet18", "baseline", contract(OWN_KWH, **timed),
+                      tags={"best_start_utc": "2026-12-01 02:00 UTC", "emissions_timed": "priced on s.csv"})
+    plain = log_child(client, experiment_id, parent, "efficientnet_b0", "baseline", contract(OWN_KWH))
+    result = build_report("greenstudy-regions-logged", regions="FRA")
+    rows = _csv(client, result.run_id, "timing.csv", tmp_path)
+    assert [(r["run_id"], float(r["emissions_kg_timed"]), r["best_start_utc"]) for r in rows] == [
+        (child, 0.75e-3, "2026-12-01 02:00 UTC")]  # the run that logged nothing has no row
+    page = Path(client.download_artifacts(result.run_id, "report.html", str(tmp_path))).read_text()
+    when = page.split("When to train")[1].split("</table>")[0]
+    assert "figures the runs logged" in when and "it would have emitted 46.7 % less" in when and plain[:8] not in when
