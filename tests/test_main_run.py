@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -153,7 +154,16 @@ def test_four_variants(model_name: str, tiny_data_dir: Path, tracking_uri: str) 
     assert not client.get_metric_history(children["quantized"].info.run_id, "val_acc1"), "quantized has no history of its own"
     assert quant.tags["precision"] == "int8"
     assert quant.metrics["model_size_mb"] < base.metrics["model_size_mb"]
-    assert quant.metrics["fp32_cpu_infer_images_per_second"] > 0
+    assert quant.metrics["fp32_cpu_infer_images_per_second"] > 0  # the fp32 reference: same batch, threads, window, rule
+    assert quant.metrics["int8_speedup"] == pytest.approx(
+        quant.metrics["infer_images_per_second"] / quant.metrics["fp32_cpu_infer_images_per_second"], rel=1e-6)
+    assert quant.metrics["fp32_cpu_infer_seconds"] >= 0.3 and quant.metrics["infer_seconds"] >= 0.3
+    for data in (base, pruned, quant):  # every variant timed in its own fastest layout, by one rule
+        assert data.tags["infer_layout"] in ("channels_last", "contiguous")
+    assert quant.tags["fp32_cpu_infer_layout"] in ("channels_last", "contiguous")
+    recipe = json.loads(Path(client.download_artifacts(children["quantized"].info.run_id, "int8_recipe.json")).read_text())
+    assert recipe["fp32_val_acc1"] == quant.metrics["fp32_val_acc1"] and recipe["tried"], recipe
+    assert quant.tags["int8_keep_fp32"] == (",".join(recipe["keep_fp32"]) or "none")
     pruned_model = mlflow.pytorch.load_model(f"runs:/{children['pruned'].info.run_id}/model")
     assert pruned_model(torch.zeros(3, 3, 32, 32)).shape == (3, 100)
     int8_model = mlflow.pytorch.load_model(f"runs:/{children['quantized'].info.run_id}/model")

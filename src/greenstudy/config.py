@@ -82,6 +82,8 @@ class RunConfig:
     prune_importance: str = "l2"
     finetune_epochs: int = -1
     calib_batches: int = 32
+    int8_max_loss: float = 1.0  # validation top-1 points int8 may lose against its fp32 model
+    from_run: str = ""  # a finished baseline child run to derive pruned/quantized from, instead of training one
     infer_seconds: float = 10.0
     amp_dtype: str = "auto"
     target_acc1: float | None = None
@@ -90,10 +92,10 @@ class RunConfig:
     checkpoint_dir: str = "checkpoints"
     channels_last: bool = True
     compile: str = "auto"
-    experiment: str = ""
-    extra_tags: dict[str, str] = field(default_factory=dict)
     devices: int = 1
     sync_bn: bool = False
+    experiment: str = ""
+    extra_tags: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -121,12 +123,12 @@ class RunConfig:
         for name, value in non_negative.items():
             if value < 0:
                 raise ConfigError(f"{name} must be 0 or more, got {value}")
-        if self.epochs < 1:
-            raise ConfigError(f"epochs must be at least 1, got {self.epochs}")
         if self.devices < 1:
             raise ConfigError(f"devices must be at least 1, got {self.devices}")
         if self.sync_bn and self.devices < 2:
             raise ConfigError("sync_bn=true needs devices of 2 or more (it synchronises batch norm across devices)")
+        if self.epochs < 1:
+            raise ConfigError(f"epochs must be at least 1, got {self.epochs}")
         if self.resolution < 32:
             raise ConfigError(f"resolution must be 32 or more, got {self.resolution}")
         if not self.lr > 0:
@@ -135,6 +137,11 @@ class RunConfig:
             raise ConfigError(f"weight_decay must be 0 or more, got {self.weight_decay}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.int8_max_loss < 0:
+            raise ConfigError(f"int8_max_loss must be 0 or more, got {self.int8_max_loss}")
+        if self.from_run and (self.resume or not set(self.variants) <= {"pruned", "quantized"}):
+            raise ConfigError("from_run builds pruned and/or quantized from an existing baseline: pass variants=pruned,quantized "
+                              "(or one of them), without resume")
         if not 0 < self.prune_ratio < 1:
             raise ConfigError(f"prune_ratio must be in (0, 1), got {self.prune_ratio}")
         _choice("amp_dtype", self.amp_dtype, AMP_DTYPES)

@@ -19,7 +19,7 @@ from greenstudy.measure.ledger import Ledger, energy_metrics, redo_unsaved_epoch
 from greenstudy.measure.precision import cpu_capability, describe
 from greenstudy.progress import say
 from greenstudy.runs.outcome import TABLE_COLUMNS, ChildOutcome, MainOutcome, contract_params
-from greenstudy.runs.resume import ResumePlan, plan_resume
+from greenstudy.runs.resume import ResumePlan, load_baseline, plan_resume
 from greenstudy.tracking import ensure_tracking_reachable, log_final, log_torch_model, run_scope
 from greenstudy.training.checkpoint import Checkpointer, fingerprint
 from greenstudy.training.control import TrainingControl
@@ -69,6 +69,8 @@ def log_record(record: VariantRecord, cfg: RunConfig, lean: bool) -> dict[str, f
     if record.control.stopped_early:
         mlflow.set_tag("stopped_early", record.control.stopped_early)
     mlflow.log_dict(cfg.as_dict(), "config.json")
+    for name, content in record.artifacts.items():
+        mlflow.log_dict(content, name)
     _log_ledger(record.ledger, record.upstream)
     if not lean:
         log_torch_model(record.model, record.example)
@@ -188,12 +190,15 @@ def run_main(cfg: RunConfig) -> MainOutcome:
         _mark_sitting(cfg.resume)
     children: list[ChildOutcome] = []
     upstream = plan.upstream if plan else None
+    if cfg.from_run:  # derive from a baseline that exists: retraining it would be the least green choice
+        upstream = load_baseline(cfg, device)
+        tags = {**tags, "from_run": cfg.from_run}
     with run_scope(cfg.model, cfg.experiment_name, tags={**tags, "kind": "parent"}, run_id=cfg.resume or None) as parent:
         existing = mlflow.get_run(parent.info.run_id).data.params
         wanted = {"model": cfg.model, "variants": ",".join(cfg.variants), "dataset": cfg.dataset}
         mlflow.log_params({k: v for k, v in wanted.items() if k not in existing})
         try:
-            for variant in execution_order(cfg.variants):
+            for variant in execution_order(cfg.variants, baseline_given=bool(cfg.from_run)):
                 if plan and variant in plan.finished:
                     done = plan.finished[variant]
                     say(f"[{cfg.model}/{variant}] already {done.status} in run {done.run_id}: not re-run")

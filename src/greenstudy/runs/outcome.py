@@ -56,5 +56,5 @@ def contract_params(cfg: RunConfig, variant: str, device: torch.device) -> dict[
         params.update(prune_ratio=cfg.prune_ratio, prune_importance=cfg.prune_importance,
                       finetune_epochs=cfg.effective_finetune_epochs)
     if variant == "quantized":
-        params["calib_batches"] = cfg.calib_batches
+        params.update(calib_batches=cfg.calib_batches, int8_max_loss=cfg.int8_max_loss)
     return params

@@ -85,6 +85,24 @@ def _check_checkpoint(cfg: RunConfig, client: MlflowClient, child: mlflow.entiti
         )
 
 
+def load_baseline(cfg: RunConfig, device: torch.device) -> Upstream:
+    """`from_run`: a finished baseline child of the same model and dataset, back from MLflow with its cost."""
+    client = MlflowClient()
+    try:
+        run = client.get_run(cfg.from_run)
+    except MlflowException as exc:
+        raise ConfigError(f"from_run: no run {cfg.from_run!r} in the tracking store {mlflow.get_tracking_uri()}") from exc
+    tags, params = run.data.tags, run.data.params
+    if tags.get("kind") != "variant" or tags.get("variant") != "baseline" or run.info.status != "FINISHED":
+        raise ConfigError(f"from_run: run {cfg.from_run} is not a finished baseline run of `main` "
+                          f"(kind={tags.get('kind')!r}, variant={tags.get('variant')!r}, status={run.info.status})")
+    wanted = {"model": cfg.model, "dataset": cfg.dataset, "resolution": str(cfg.resolution)}
+    diff = [f"{k}={params.get(k)} (now {v})" for k, v in wanted.items() if params.get(k, v) != v]
+    if diff:
+        raise ConfigError(f"from_run: run {cfg.from_run} was made with other settings: {', '.join(diff)}")
+    return _load_upstream(client, cfg.from_run, device)
+
+
 def _load_upstream(client: MlflowClient, run_id: str, device: torch.device) -> Upstream:
     """The finished baseline: its model back from MLflow, its cost from its ledger artifact."""
     model = mlflow.pytorch.load_model(f"runs:/{run_id}/model", map_location=device)

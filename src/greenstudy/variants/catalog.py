@@ -19,8 +19,9 @@ VARIANT_RUNNERS: dict[str, Callable[[VariantJob], VariantRecord]] = {
 DERIVED = ("pruned", "quantized")
 
 
-def execution_order(variants: tuple[str, ...]) -> list[str]:
-    """Requested variants, with the baseline first whenever pruned or quantized need it."""
-    if any(v in DERIVED for v in variants):
+def execution_order(variants: tuple[str, ...], baseline_given: bool = False) -> list[str]:
+    """Requested variants, with the baseline first whenever pruned or quantized need it (and no baseline
+    of this run was given: `from_run`)."""
+    if not baseline_given and any(v in DERIVED for v in variants):
         return ["baseline"] + [v for v in variants if v != "baseline"]
     return list(variants)

@@ -4,6 +4,7 @@ metrics in one place)."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -22,6 +23,7 @@ from greenstudy.variants.record import Inference, Upstream, VariantRecord
 
 INFER_BATCH_SIZE = 256
 WARMUP_SECONDS = 1.0
+PROBE_SECONDS = 0.5  # per layout, to choose the faster one
 
 
 @dataclass(frozen=True)
@@ -58,16 +60,36 @@ def example_input(bench: Bench) -> torch.Tensor:
     return normalize(bench.cpu_data.test.images[:2])
 
 
+def fastest_layout(bench: Bench, model: nn.Module, precision: Precision, device: torch.device, data: CifarData) -> bool:
+    """channels_last or not, whichever runs this model faster here: every variant (and the int8 model's fp32
+    reference) is timed in its own best layout, by this one rule, at the same batch size and threads."""
+    probe = min(PROBE_SECONDS, bench.cfg.infer_seconds)
+    speed = {}
+    for channels_last in (True, False):
+        if not isinstance(model, torch.jit.ScriptModule):  # a traced int8 module keeps its own weight layout
+            model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        batch = inference_batch(data.test, normalizer(bench, device, channels_last), device, INFER_BATCH_SIZE)
+        run_inference_for(model, batch, precision, device, probe / 2)  # warm-up of this layout
+        started = time.perf_counter()
+        images = run_inference_for(model, batch, precision, device, probe)
+        speed[channels_last] = images / (time.perf_counter() - started)
+    best = max(speed, key=speed.get)
+    if not isinstance(model, torch.jit.ScriptModule):
+        model.to(memory_format=torch.channels_last if best else torch.contiguous_format)
+    return best
+
+
 def infer(bench: Bench, model: nn.Module, precision: Precision, ledger: list[PhaseEnergy], name: str,
-          device: torch.device, data: CifarData, channels_last: bool) -> Inference:
-    """Untimed warm-up, then forward passes for `infer_seconds` inside one measured phase: energy and
-    images/s come from the same window."""
+          device: torch.device, data: CifarData) -> Inference:
+    """The model's fastest layout (see fastest_layout), an untimed warm-up, then forward passes of batch
+    INFER_BATCH_SIZE for `infer_seconds` inside one measured phase: energy and images/s from the same window."""
     model.eval()
+    channels_last = fastest_layout(bench, model, precision, device, data)
     batch = inference_batch(data.test, normalizer(bench, device, channels_last), device, INFER_BATCH_SIZE)
     run_inference_for(model, batch, precision, device, min(WARMUP_SECONDS, bench.cfg.infer_seconds))
     with bench.meter.phase(ledger, name, "inference") as phase:
         images = run_inference_for(model, batch, precision, device, bench.cfg.infer_seconds)
-    return Inference(images, phase)
+    return Inference(images, phase, "channels_last" if channels_last else "contiguous")
 
 
 def finish(job: VariantJob, record: VariantRecord, precision: Precision, label: str, device: torch.device | None = None,
@@ -81,7 +103,8 @@ def finish(job: VariantJob, record: VariantRecord, precision: Precision, label: 
         normalize = normalizer(bench, device, channels_last)
         with bench.meter.phase(record.ledger.phases, f"{label}/test", "test"):
             record.test = evaluate(record.model, data.test, normalize, precision, device)
-        record.inference = infer(bench, record.model, precision, record.ledger.phases, f"{label}/inference", device, data, channels_last)
+        record.inference = infer(bench, record.model, precision, record.ledger.phases, f"{label}/inference", device, data)
+        record.tags["infer_layout"] = record.inference.layout
     macs, params = count_macs_params(size_of if size_of is not None else record.model)
     record.size = {"params": params, "macs": macs, "model_size_mb": model_size_mb(record.model)}
     record.example = example_input(bench)

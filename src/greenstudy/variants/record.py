@@ -27,6 +27,7 @@ class Inference:
 
     images: int
     phase: PhaseEnergy
+    layout: str = "contiguous"  # the memory layout it was timed in (the model's fastest here)
 
     def metrics(self, prefix: str = "infer") -> dict[str, float]:
         return {
@@ -51,6 +52,7 @@ class VariantRecord:
     extra: dict[str, float] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     example: torch.Tensor | None = None
+    artifacts: dict[str, object] = field(default_factory=dict)  # file name -> JSON-able content
 
 
 def record_metrics(record: VariantRecord) -> dict[str, float]:
