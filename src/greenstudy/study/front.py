@@ -18,6 +18,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from greenstudy.pareto import hypervolume_2d, pareto_front
+from greenstudy.study.counts import count_trials, counts_text
+from greenstudy.study.kinds import NOT_PROMOTED, OVER_BUDGET, TARGET_NOT_REACHED  # noqa: F401 - re-exported
 from greenstudy.study.storage import SETTINGS_ATTR
 
 REFERENCE_ATTR = "hypervolume_reference"
@@ -28,8 +30,6 @@ OBJECTIVE_TEXT = {
              "(= train_energy_kwh + val_energy_kwh of the trial's child run)",
     "to_target": "minimise energy_to_target_kwh (train + validation energy up to the first epoch at target_acc1)",
 }
-TARGET_NOT_REACHED = "target_not_reached"
-OVER_BUDGET = "over_budget"
 
 
 def objective_of(study: optuna.Study) -> str:
@@ -72,14 +72,14 @@ def budget_reference_kwh(trials: Sequence[FrozenTrial], objective: str) -> float
 
 def find_measured(trials: Sequence[FrozenTrial], params: dict[str, object]) -> FrozenTrial | None:
     """A finished trial that already measured `params`: COMPLETE, or PRUNED because the target was not
-    reached (the same configuration and seed would miss it again). Budget-stopped trials do not count:
-    a later, larger budget may let the configuration finish."""
+    reached or it was not promoted at a rung (the same configuration and seed would end the same way).
+    Budget-stopped, failed and interrupted trials do not count: they are measured again."""
     for trial in trials:
         if trial.params != params or "reused_from" in trial.user_attrs:
             continue
         if trial.state == TrialState.COMPLETE:
             return trial
-        if trial.state == TrialState.PRUNED and trial.user_attrs.get("pruned") == TARGET_NOT_REACHED:
+        if trial.state == TrialState.PRUNED and trial.user_attrs.get("pruned") in (TARGET_NOT_REACHED, NOT_PROMOTED):
             return trial
     return None
 
@@ -157,6 +157,8 @@ def other_trial_lines(trials: Sequence[FrozenTrial]) -> list[str]:
         bs = t.params.get("batch_size")
         if "reused_from" in t.user_attrs:
             lines.append(f"  trial {t.number} bs={bs}: REUSED from trial {t.user_attrs['reused_from']} (not retrained, 0 Wh)")
+        elif t.user_attrs.get("interrupted") or (t.state == TrialState.FAIL and "fail_reason" not in t.user_attrs):
+            lines.append(f"  trial {t.number} bs={bs}: INTERRUPTED; spent {spent}")
         elif t.state == TrialState.PRUNED:
             lines.append(f"  trial {t.number} bs={bs}: PRUNED, {t.user_attrs.get('prune_reason', '?')}; spent {spent}")
         elif t.state == TrialState.FAIL:
@@ -165,17 +167,15 @@ def other_trial_lines(trials: Sequence[FrozenTrial]) -> list[str]:
 
 
 def study_summary_lines(study: optuna.Study) -> list[str]:
-    """What `greenstudy study show` prints: counts, objective, settings, energy, pruned and failed
+    """What `greenstudy study show` prints: honest counts (greenstudy.study.counts), objective, settings, energy, pruned and failed
     trials, reference, hypervolume, the front."""
     trials = study.get_trials(deepcopy=False)
     objective = objective_of(study)
-    counts = {state.name: sum(t.state == state for t in trials) for state in TrialState}
-    reused = sum("reused_from" in t.user_attrs for t in trials)
     lines = [
         f"study: {study.study_name}  objective={objective}: {OBJECTIVE_TEXT[objective]}",
-        "trials: " + ", ".join(f"{n} {name.lower()}" for name, n in counts.items() if n) + (f" ({reused} reused)" if reused else "")
-        if trials else "trials: none",
-        f"study energy: {study_energy_kwh(trials) * 1000:.4f} Wh over all {len(trials)} trials (complete, pruned and failed)",
+        f"trials: {len(trials)}: {counts_text(count_trials(trials))}" if trials else "trials: none",
+        f"study energy: {study_energy_kwh(trials) * 1000:.4f} Wh over all {len(trials)} trials "
+        "(trained, pruned, failed and interrupted; reused ones cost 0)",
     ]
     settings = study.user_attrs.get(SETTINGS_ATTR)
     if settings:

@@ -1,7 +1,8 @@
 """What the study's parent run shows after every trial, and the one progress line per trial.
 
-Parent metrics (step = finished trials of the whole study): trials_complete / _pruned / _failed /
-_reused, `study_energy_kwh` (every trial of *this worker's session*: complete, pruned and failed, as
+Parent metrics (step = finished trials of the whole study): the honest counts of greenstudy.study.counts
+(trials_trained / _reused / _pruned / _pruned_<reason> / _failed / _interrupted / _running, and
+trials_complete = trials_trained), `study_energy_kwh` (every trial of *this worker's session*: complete, pruned and failed, as
 measured; reused trials cost 0), `all_trials_energy_kwh` (every trial of the study, all sessions and
 workers), `hypervolume`, `hypervolume_per_kwh` (= hypervolume / all_trials_energy_kwh: what the front
 cost; equal to hypervolume / study_energy_kwh for a single-session study), `pareto_size`, best_*.
@@ -17,6 +18,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from greenstudy.study.counts import count_metrics, count_trials, counts_text
 from greenstudy.study.front import (
     ENERGY_METRIC,
     energy_of,
@@ -32,8 +34,9 @@ from greenstudy.study.front import (
 )
 
 
-def progress_line(trial: FrozenTrial, k: int, n: int, directions: Sequence[object]) -> str:
-    """`trial k/N bs=.. lr=.. -> val_acc1 ..%, .. Wh, STATE (.. s)`."""
+def progress_line(trial: FrozenTrial, k: int, n: int, directions: Sequence[object], counts: dict[str, int] | None = None) -> str:
+    """`trial k/N (#number) bs=.. lr=.. -> val_acc1 ..%, .. Wh, STATE (.. s)`, then the study's honest counts;
+    k counts the trials of this session that trained (reused copies do not count in n_trials)."""
     lr = trial.user_attrs.get("lr")
     acc = trial.user_attrs.get("val_acc1")
     if len(directions) == 2 and trial.state == TrialState.COMPLETE:
@@ -46,10 +49,12 @@ def progress_line(trial: FrozenTrial, k: int, n: int, directions: Sequence[objec
     elif trial.state == TrialState.PRUNED:
         state += f": {trial.user_attrs.get('prune_reason', '')}"
     elif trial.state == TrialState.FAIL:
-        state += f": {trial.user_attrs.get('fail_reason', '')}"
+        state += ", interrupted" if trial.user_attrs.get("interrupted") else f": {trial.user_attrs.get('fail_reason', '')}"
+    steps = f" {trial.user_attrs['epochs']} ep/{trial.user_attrs['optimizer_steps']} steps" if "optimizer_steps" in trial.user_attrs else ""
     return (
-        f"trial {k}/{n} (#{trial.number}) bs={trial.params.get('batch_size')} lr={'-' if lr is None else format(lr, '.4g')}"
+        f"trial {k}/{n} (#{trial.number}) bs={trial.params.get('batch_size')} lr={'-' if lr is None else format(lr, '.4g')}{steps}"
         f" -> val_acc1 {shown_acc}, {trial_energy_kwh(trial) * 1000:.3f} Wh, {state} ({seconds:.1f} s)"
+        + (f" | study: {counts_text(counts)}" if counts else "")
     )
 
 
@@ -83,10 +88,7 @@ def log_front(study: optuna.Study, step: int, session_energy_kwh: float, request
     objective = objective_of(study)
     all_energy = study_energy_kwh(trials)
     mlflow.log_metrics({
-        "trials_complete": sum(t.state == TrialState.COMPLETE for t in trials),
-        "trials_pruned": sum(t.state == TrialState.PRUNED for t in trials),
-        "trials_failed": sum(t.state == TrialState.FAIL for t in trials),
-        "trials_reused": sum("reused_from" in t.user_attrs for t in trials),
+        **count_metrics(count_trials(trials)),
         "study_energy_kwh": session_energy_kwh,
         "all_trials_energy_kwh": all_energy,
     }, step=step)

@@ -22,6 +22,7 @@ SAMPLERS = ("nsga2", "tpe", "random", "grid")
 LR_SCALINGS = ("linear", "sqrt", "tuned")
 TRAINING_VARIANTS = ("auto", "baseline", "amp")
 OBJECTIVES = ("final", "to_target")
+BUDGETS = ("steps", "epochs")
 BATCH_SIZES = tuple(2**k for k in range(4, 11))  # 16 ... 1024
 TUNED_LR_FACTOR = 10.0
 
@@ -47,6 +48,9 @@ class StudyConfig:
     lr_scaling: str = "linear"
     max_batch_size: int = 1024
     hv_ref_energy_kwh: float | None = None
+    budget: str = "steps"
+    budget_steps: int = 0
+    halving_eta: int = 3
 
     def __post_init__(self) -> None:
         self._validate()
@@ -62,7 +66,7 @@ class StudyConfig:
                 f"{', '.join(TRAINING_VARIANTS)}"
             )
         for name, value, allowed in (("sampler", self.sampler, SAMPLERS), ("lr_scaling", self.lr_scaling, LR_SCALINGS),
-                                     ("objective", self.objective, OBJECTIVES)):
+                                     ("objective", self.objective, OBJECTIVES), ("budget", self.budget, BUDGETS)):
             if value not in allowed:
                 raise ConfigError(f"unknown {name} {value!r}: choose one of {', '.join(allowed)}")
         if self.objective == "to_target" and self.run.target_acc1 is None:
@@ -79,6 +83,10 @@ class StudyConfig:
             raise ConfigError(f"max_batch_size must be at least {BATCH_SIZES[0]}, got {self.max_batch_size}")
         if self.population_size < 2:
             raise ConfigError(f"population_size must be at least 2, got {self.population_size}")
+        if self.budget_steps < 0 or (self.budget_steps and self.budget != "steps"):
+            raise ConfigError(f"budget_steps must be 0 (auto) or positive, and only with budget=steps; got {self.budget_steps}")
+        if self.halving_eta == 1 or self.halving_eta < 0:
+            raise ConfigError(f"halving_eta must be 0 (off) or at least 2, got {self.halving_eta}")
         if self.hv_ref_energy_kwh is not None and not self.hv_ref_energy_kwh > 0:
             raise ConfigError(f"hv_ref_energy_kwh must be positive (or 0 for auto), got {self.hv_ref_energy_kwh}")
 
@@ -103,6 +111,7 @@ class StudyConfig:
             "reference_batch_size": self.run.batch_size, "batch_size_choices": self.batch_choices,
             "objective": self.objective, "target_acc1": self.run.target_acc1,
             "stop_at_target": self.run.stop_at_target or self.objective == "to_target",
+            "budget": self.budget, "budget_steps": self.budget_steps, "halving_eta": self.halving_eta,
         }
         if self.lr_scaling == "tuned":
             settings["base_lr_range"] = list(self.tuned_lr_range)
@@ -133,6 +142,7 @@ def default_sampler_seed() -> int:
 STUDY_ARGS = (
     "variant", "objective", "stop_beta", "trial_artifacts", "n_trials", "timeout_s", "study_name", "storage",
     "sampler", "sampler_seed", "population_size", "lr_scaling", "max_batch_size", "hv_ref_energy_kwh",
+    "budget", "budget_steps", "halving_eta",
 )
 
 
@@ -157,6 +167,9 @@ def tune_parser() -> argparse.ArgumentParser:
     add("--lr-scaling", default="linear", help="linear, sqrt or tuned (lr relative to --lr at --batch-size)")
     add("--max-batch-size", type=int, default=1024, help="largest batch size in the search space")
     add("--hv-ref-energy-kwh", type=optional_float, default=None, help="hypervolume reference energy; 0: auto")
+    add("--budget", default="steps", help="steps: every trial the same optimizer steps; epochs: the same epochs")
+    add("--budget-steps", type=int, default=0, help="optimizer steps per trial; 0: epochs x steps of an epoch at --batch-size")
+    add("--halving-eta", type=int, default=3, help="successive halving: keep the best 1/eta at each rung; 0: off")
     return parser
 
 

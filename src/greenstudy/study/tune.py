@@ -12,17 +12,24 @@ linearly, so the two dimensions stay close to independent).
 Objectives (`greenstudy.study.front`): `final` maximises the last epoch's val_acc1 and minimises
 train_val_energy_kwh; `to_target` minimises energy_to_target_kwh. The test set never selects.
 
-What a trial can end as:
-- COMPLETE, with its values.
+Budget (greenstudy.study.budget): every trial the same optimizer steps (default) or the same epochs;
+successive halving (greenstudy.study.fidelity) stops the configurations that are not among the best at
+a rung. In a finite space only untried configurations are sampled (greenstudy.study.sampling).
+
+What a trial can end as (counted apart: greenstudy.study.counts):
+- COMPLETE, with its values (trained).
 - PRUNED (never FAIL, never a made-up number): `to_target` and the target was not reached (user attr
-  `pruned=target_not_reached`), or the energy-aware stop ended it (`pruned=over_budget`): once its
-  train + val energy passed `stop_beta` x the reference of the completed trials (best energy to target;
-  for `final` the energy of the most expensive trial on the front). The child run ends FINISHED, tagged
-  `stopped_early` by the core and `optuna_state=PRUNED` here, with everything it spent logged.
-- Reused: a configuration some finished trial already measured is not retrained; the trial returns
-  the stored values (or is pruned again), user attr `reused_from=<trial number>`, no MLflow child run.
+  `pruned=target_not_reached`); the energy-aware stop ended it before its last epoch (`over_budget`):
+  once its train + val energy passed `stop_beta` x the reference of the completed trials (best energy
+  to target; for `final` the energy of the most expensive trial on the front); or it was not promoted
+  at a rung (`not_promoted`). The child run ends FINISHED, tagged `stopped_early` by the core and
+  `optuna_state=PRUNED` here, with everything it spent logged. A trial that finished its schedule is
+  never pruned by the budget or a rung.
+- Reused: a configuration some finished trial already measured is not retrained; the trial ends PRUNED
+  (`pruned=reused`, `reused_from=<trial number>`), no MLflow child run, and does not count in `n_trials`.
 - FAIL: training raised (NaN loss, out of memory, ...); child FAILED with tag `error`, user attr
-  `fail_reason`; the study goes on.
+  `fail_reason`; or interrupted (user attr `interrupted`, what it spent in `energy_kwh`). The study goes
+  on (a failed configuration is sampled again).
 """
 
 from __future__ import annotations
@@ -33,14 +40,16 @@ import time
 from dataclasses import dataclass
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from greenstudy.errors import ConfigError, GreenstudyError
 from greenstudy.interrupts import stop_if_interrupted
+from greenstudy.study.budget import budget_steps, optimizer_steps, trial_epochs
+from greenstudy.study.counts import count_trials, counts_text, kind_of
+from greenstudy.study.fidelity import StudyControl, decide, rung_epochs, rung_fractions
 from greenstudy.study.front import (
     DIRECTIONS,
     OBJECTIVE_TEXT,
-    OVER_BUDGET,
     REFERENCE_ATTR,
     TARGET_NOT_REACHED,
     budget_reference_kwh,
@@ -49,7 +58,11 @@ from greenstudy.study.front import (
 )
 from greenstudy.study.log import FrontLogger, progress_line
 from greenstudy.study.params import StudyConfig, default_sampler_seed, scaled_lr
+from greenstudy.study.sampling import make_sampler, untried
 from greenstudy.study.storage import create_or_load_study, default_storage_url, masked_url, open_storage
+from greenstudy.study.trial_end import child_energy_kwh, free_accelerator_memory, record_interrupt, reuse
+
+REUSE_ALLOWANCE = 50  # proposals answered from a measured trial (instant, 0 kWh) that n_trials does not count
 
 
 class StudyFailed(GreenstudyError):
@@ -58,27 +71,6 @@ class StudyFailed(GreenstudyError):
 
 class TrialFailed(Exception):
     """The trial's training failed; Optuna records it as FAIL and the study goes on."""
-
-
-def make_sampler(config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
-    """nsga2 (default): NSGA-II, whose first generation of `population_size` trials is random; tpe:
-    multi-objective TPE; random: baseline; grid: every batch size once (lr by its scaling rule)."""
-    if config.sampler == "grid":
-        return optuna.samplers.GridSampler({"batch_size": config.batch_choices}, seed=seed)
-    if config.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(population_size=config.population_size, seed=seed)
-    if config.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    return optuna.samplers.RandomSampler(seed=seed)
-
-
-def untried(study: optuna.Study, config: StudyConfig) -> list[int] | None:
-    """In a finite space (lr by a scaling rule, not tuned): the batch sizes no finished trial has tried
-    yet; once none is left the study stops instead of proposing repeats. None for a continuous space."""
-    if config.lr_scaling == "tuned":
-        return None
-    done = {t.params.get("batch_size") for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
-    return [b for b in config.batch_choices if b not in done]
 
 
 def resolve_variant(config: StudyConfig, device: object) -> tuple[StudyConfig, str]:
@@ -115,6 +107,8 @@ class Trainer:
     tags: dict[str, str]
     client: object
     session: list[FrozenTrial]
+    train_size: int = 0
+    started: list[int] = dataclasses.field(default_factory=list)  # every trial this session began
 
     def propose(self, trial: optuna.Trial) -> tuple[int, float]:
         cfg = self.config.run
@@ -125,10 +119,8 @@ class Trainer:
         trial.set_user_attr("lr", lr)
         return batch_size, lr
 
-    def control(self, trial: optuna.Trial) -> object:
-        """The trial's TrainingControl: the target (stop there for `to_target`) and the energy budget."""
-        from greenstudy.training.control import TrainingControl
-
+    def control(self, trial: optuna.Trial, epochs: int) -> StudyControl:
+        """The trial's control: the target (stop there for `to_target`), the energy budget and the rungs."""
         cfg, config = self.config.run, self.config
         budget = None
         reference = budget_reference_kwh(trial.study.get_trials(deepcopy=False), config.objective)
@@ -136,24 +128,52 @@ class Trainer:
             budget = config.stop_beta * reference
             trial.set_user_attr("budget_kwh", budget)
         stop_at_target = cfg.stop_at_target or config.objective == "to_target"
-        return TrainingControl(target_acc1=cfg.target_acc1, stop_at_target=stop_at_target, budget_kwh=budget)
+        rungs = rung_epochs(rung_fractions(config.halving_eta, cfg.epochs), epochs)
+        return StudyControl(target_acc1=cfg.target_acc1, stop_at_target=stop_at_target, budget_kwh=budget,
+                            total_epochs=epochs, rungs=rungs, at_rung=lambda rung, report: self.at_rung(trial, epochs, rung, report))
+
+    def at_rung(self, trial: optuna.Trial, epochs: int, rung: int, report: object) -> str:
+        """Record this trial at `rung` and decide against every trial of the study there: "" promoted, else why not."""
+        import mlflow
+
+        from greenstudy.progress import say
+
+        trial.set_user_attr(f"rung_{rung}", {"val_acc1": report.val_acc1, "energy_kwh": report.energy_kwh, "epoch": report.epoch})
+        records = {t.number: (t.user_attrs[f"rung_{rung}"]["val_acc1"], t.user_attrs[f"rung_{rung}"]["energy_kwh"])
+                   for t in trial.study.get_trials(deepcopy=False) if f"rung_{rung}" in t.user_attrs}
+        records[trial.number] = (report.val_acc1, report.energy_kwh)
+        decision = decide(trial.number, records, self.config.halving_eta)
+        text = decision.text(rung, report.epoch, epochs)
+        trial.set_user_attr(f"rung_{rung}_decision", text)
+        trial.set_user_attr("rung", rung + 1 if decision.promoted else rung)
+        mlflow.set_tag(f"rung_{rung}", text)  # on the trial's own (active) child run
+        say(f"trial #{trial.number}: {text}")
+        return "" if decision.promoted else text
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
+        self.started.append(trial.number)
         batch_size, lr = self.propose(trial)
         earlier = [t for t in trial.study.get_trials(deepcopy=False) if t.number != trial.number]
         measured = find_measured(earlier, trial.params)
         if measured is not None:
-            return reuse(trial, measured)
+            reuse(trial, measured)
         return self.train(trial, batch_size, lr)
 
     def train(self, trial: optuna.Trial, batch_size: int, lr: float) -> tuple[float, ...]:
         from greenstudy.runs.main_run import run_variant
 
         config = self.config
-        control = self.control(trial)
-        bench = dataclasses.replace(self.bench, cfg=config.run.replace(batch_size=batch_size, lr=lr))
+        epochs = trial_epochs(config, batch_size, self.train_size)
+        trial.set_user_attr("epochs", epochs)
+        trial.set_user_attr("optimizer_steps", optimizer_steps(epochs, batch_size, self.train_size))
+        control = self.control(trial, epochs)
+        bench = dataclasses.replace(self.bench, cfg=config.run.replace(batch_size=batch_size, lr=lr, epochs=epochs))
         tags = {**self.tags, "kind": "trial", "trial_number": str(trial.number)}
-        child = run_variant(bench, config.variant, tags, control=control, lean=not config.trial_artifacts)
+        try:
+            child = run_variant(bench, config.variant, tags, control=control, lean=not config.trial_artifacts)
+        except KeyboardInterrupt as interrupt:
+            record_interrupt(trial, interrupt, self.client)
+            raise
         trial.set_user_attr("mlflow_run_id", child.run_id)
         trial.set_user_attr("energy_kwh", child_energy_kwh(child, self.client))
         if "val_acc1" in child.last_epoch:
@@ -165,8 +185,9 @@ class Trainer:
             trial.set_user_attr("fail_reason", reason)
             free_accelerator_memory()
             raise TrialFailed(reason)
-        if control.stopped_early:
-            self.prune(trial, child.run_id, OVER_BUDGET, f"stopped early, {control.stopped_early}")
+        if control.stop_kind:
+            self.prune(trial, child.run_id, control.stop_kind, f"stopped early, {control.stopped_early}")
+        trial.set_user_attr("rung", len(rung_fractions(config.halving_eta, config.run.epochs)))  # the full budget
         if config.objective == "to_target":
             if control.reached is None:
                 self.prune(trial, child.run_id, TARGET_NOT_REACHED,
@@ -187,39 +208,6 @@ class Trainer:
             self.client.set_tag(run_id, "optuna_state", "PRUNED")
             self.client.set_tag(run_id, "prune_reason", reason)
         raise optuna.TrialPruned(reason)
-
-
-def reuse(trial: optuna.Trial, measured: FrozenTrial) -> tuple[float, ...]:
-    """Return (or prune again with) what `measured` found for the same configuration; nothing is retrained."""
-    trial.set_user_attr("reused_from", measured.number)
-    trial.set_user_attr("energy_kwh", 0.0)
-    for key in ("val_acc1", "seconds_to_target", "epochs_to_target", "mlflow_run_id"):
-        if key in measured.user_attrs:
-            trial.set_user_attr("reused_run_id" if key == "mlflow_run_id" else key, measured.user_attrs[key])
-    if measured.state == TrialState.PRUNED:
-        trial.set_user_attr("pruned", measured.user_attrs["pruned"])
-        trial.set_user_attr("prune_reason", f"as trial {measured.number}: {measured.user_attrs.get('prune_reason', '')}")
-        raise optuna.TrialPruned(f"reused from trial {measured.number}")
-    return tuple(measured.values)
-
-
-def child_energy_kwh(child: object, client: object) -> float:
-    """What the child measured: its `energy_kwh` (a failed run logs the partial one over the phases it measured);
-    for a run that logged none of it, the `cumulative_energy_kwh` of its last finished epoch, else 0."""
-    if "energy_kwh" in child.metrics:
-        return float(child.metrics["energy_kwh"])
-    if child.run_id:
-        logged = client.get_run(child.run_id).data.metrics
-        return float(logged.get("energy_kwh", logged.get("cumulative_energy_kwh", 0.0)))
-    return 0.0
-
-
-def free_accelerator_memory() -> None:
-    """After an out-of-memory failure, let the next trial start clean."""
-    import torch
-
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
 
 
 def run_study(config: StudyConfig) -> StudyOutcome:
@@ -253,7 +241,7 @@ def run_study(config: StudyConfig) -> StudyOutcome:
     bench, tags = make_bench(cfg, device, cpu_data)
     tags = {**tags, "optuna_study": config.study_name, "variant_choice": variant_choice}
     session: list[FrozenTrial] = []
-    trainer = Trainer(config, bench, tags, mlflow.MlflowClient(), session)
+    trainer = Trainer(config, bench, tags, mlflow.MlflowClient(), session, train_size=len(cpu_data.train))
     if not os.environ.get("MLFLOW_RUN_ID"):
         # Two workers creating the experiment at the same moment: MLflow 3.17's set_experiment returns
         # without activating it for the loser of the race; the call in run_scope then finds it.
@@ -284,9 +272,12 @@ def _run_parent(config: StudyConfig, study: optuna.Study, trainer: Trainer, show
 
     def remember(study: optuna.Study, trial: FrozenTrial) -> None:
         session.append(trial)
-        say(progress_line(trial, len(session), config.n_trials, study.directions))
+        trained = sum(kind_of(t) != "reused" for t in session)  # reused copies do not count in n_trials
+        say(progress_line(trial, trained, config.n_trials, study.directions, count_trials(study.get_trials(deepcopy=False))))
         if untried(study, config) == []:
-            say(f"every batch size of {config.batch_choices} has been tried: the study stops here")
+            say(f"every batch size of {config.batch_choices} has been tried or is in progress: the study stops here")
+            study.stop()
+        elif trained >= config.n_trials:
             study.stop()
         stop_if_interrupted()  # between trials: the finished one is told and logged
 
@@ -295,7 +286,8 @@ def _run_parent(config: StudyConfig, study: optuna.Study, trainer: Trainer, show
     left = untried(study, config)
     with run_scope(f"study-{config.study_name}", cfg.experiment_name, tags=parent_tags) as parent:
         existing = mlflow.get_run(parent.info.run_id).data.params
-        mlflow.log_params({k: v for k, v in study_params(config, shown_storage, sampler_seed).items() if k not in existing})
+        params = study_params(config, shown_storage, sampler_seed, trainer.train_size)
+        mlflow.log_params({k: v for k, v in params.items() if k not in existing})
         say(f"study {config.study_name}: up to {config.n_trials} trials, objective={config.objective}, "
             f"sampler={config.sampler} (seed {sampler_seed}), {trainer.tags['variant_choice']}")
         waited: list = []  # start_below_gco2: the wait for a low-carbon hour, measured (a wait costs energy too)
@@ -308,31 +300,32 @@ def _run_parent(config: StudyConfig, study: optuna.Study, trainer: Trainer, show
             if left == []:
                 say(f"every batch size of {config.batch_choices} has been tried already: no new trial")
             else:  # each trial holds the machine's measurement lock while it trains (greenstudy.measure.energy)
-                study.optimize(trainer, n_trials=config.n_trials, timeout=config.timeout_s, catch=(TrialFailed,),
-                               callbacks=[remember, front_logger])
-        finally:
+                study.optimize(trainer, n_trials=config.n_trials + REUSE_ALLOWANCE, timeout=config.timeout_s,
+                               catch=(TrialFailed,), callbacks=[remember, front_logger])
+        finally:  # an interrupted trial never reached the callbacks: it is this session's too, with what it spent
+            told = {t.number for t in session}
+            session.extend(study.trials[n] for n in trainer.started if n not in told)
             front_logger(study)  # again at the end: other workers may have finished trials meanwhile
             meter.stop()
-        counts = {state: sum(t.state == state for t in session) for state in TrialState}
+        counts = count_trials(session)
         summary = [
             f"study: {config.study_name}  storage: {shown_storage}",
             f"parent run id: {parent.info.run_id}",
-            f"this session: {len(session)} trials ({', '.join(str(t.number) for t in session)}), "
-            f"{counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, {counts[TrialState.FAIL]} failed; "
+            f"this session: {len(session)} trials ({', '.join(str(t.number) for t in session)}), {counts_text(counts)}; "
             f"{front_logger.session_energy_kwh() * 1000:.4f} Wh in {time.monotonic() - started:.0f} s",
             *study_summary_lines(study),
             f"browse: mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}",
         ]
-        if session and counts[TrialState.FAIL] == len(session):
+        if session and counts["failed"] == len(session):
             reasons = "; ".join(f"trial {t.number}: {t.user_attrs.get('fail_reason', '?')}" for t in session)
             raise StudyFailed(f"every trial of this session failed: {reasons}")
     return StudyOutcome(
         config.study_name, shown_storage, parent.info.run_id, [t.number for t in session],
-        counts[TrialState.COMPLETE], counts[TrialState.FAIL], summary,
+        counts["trained"], counts["failed"], summary,
     )
 
 
-def study_params(config: StudyConfig, shown_storage: str, sampler_seed: int) -> dict[str, object]:
+def study_params(config: StudyConfig, shown_storage: str, sampler_seed: int, train_size: int) -> dict[str, object]:
     cfg = config.run
     return {
         "study_name": config.study_name, "storage": shown_storage, "sampler": config.sampler,
@@ -342,4 +335,7 @@ def study_params(config: StudyConfig, shown_storage: str, sampler_seed: int) -> 
         "trial_artifacts": config.trial_artifacts, "lr_scaling": config.lr_scaling, "max_batch_size": config.max_batch_size,
         "batch_size_choices": ",".join(map(str, config.batch_choices)), "reference_batch_size": cfg.batch_size,
         "base_lr": cfg.lr, "population_size": config.population_size, "hv_ref_energy_kwh": config.hv_ref_energy_kwh or "auto",
+        "budget": config.budget, "budget_steps": budget_steps(config, train_size) if config.budget == "steps" else 0,
+        "halving_eta": config.halving_eta,
+        "rung_fractions": ",".join(f"{f:.4g}" for f in rung_fractions(config.halving_eta, cfg.epochs)) or "none",
     }
