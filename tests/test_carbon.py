@@ -228,6 +228,8 @@ def test_the_wait_is_measured_as_a_ledger_phase(tmp_path: Path) -> None:
     try:
         waited = wait_for_low_carbon(meter, ledger, config, poll_s=0.2)
         assert wait_for_low_carbon(meter, ledger, config) == 0.0  # low now: no second phase
+        with pytest.raises(ConfigError, match="no interval below start_below_gco2=40"):
+            wait_for_low_carbon(meter, ledger, config.replace(start_below_gco2=40))  # nothing that clean ahead
     finally:
         meter.stop()
     assert 1.0 < waited < 4.0 and time.time() >= now + 2

@@ -232,6 +232,12 @@ def first_below(series: IntensitySeries, threshold: float, now: float) -> float 
     return None
 
 
+def nothing_below(threshold: float, series: IntensitySeries, now: float) -> ConfigError:
+    """The one-line error of a series with no interval below `threshold` from `now` on."""
+    return ConfigError(f"carbon_intensity_csv has no interval below start_below_gco2={threshold:g} gCO2eq/kWh "
+                       f"between now ({utc(now)}) and its end ({utc(series.end)})")
+
+
 def wait_until_below(
     threshold: float, series: IntensitySeries, *, clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep, poll_s: float = 1.0, report_every_s: float = 900.0,
@@ -242,8 +248,7 @@ def wait_until_below(
     began = clock()
     target = first_below(series, threshold, began)
     if target is None:
-        raise ConfigError(f"carbon_intensity_csv has no interval below start_below_gco2={threshold:g} gCO2eq/kWh "
-                          f"between now ({utc(began)}) and its end ({utc(series.end)})")
+        raise nothing_below(threshold, series, began)
     if target <= began:
         return 0.0
     at = series.g_per_kwh[series.index_at(target)]

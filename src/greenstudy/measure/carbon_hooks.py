@@ -13,7 +13,15 @@ from typing import Protocol
 
 from greenstudy.config import RunConfig
 from greenstudy.errors import ConfigError
-from greenstudy.measure.carbon import IntensitySeries, first_below, read_series, timed_figures, utc, wait_until_below
+from greenstudy.measure.carbon import (
+    IntensitySeries,
+    first_below,
+    nothing_below,
+    read_series,
+    timed_figures,
+    utc,
+    wait_until_below,
+)
 from greenstudy.measure.ledger import KINDS, MAKE_AND_CHECK, UPSTREAM_KINDS, Ledger, PhaseEnergy
 
 # the wait's phase kind: `idle` once the ledger knows it, `setup` (one-time work, counted) until then
@@ -55,8 +63,7 @@ def check_series(config: RunConfig, now: float | None = None) -> IntensitySeries
                           f"({utc(now)}): it cannot price the run's hours")
     threshold = config.start_below_gco2
     if threshold is not None and first_below(series, threshold, now) is None:
-        raise ConfigError(f"carbon_intensity_csv has no interval below start_below_gco2={threshold:g} gCO2eq/kWh "
-                          f"between now ({utc(now)}) and its end ({utc(series.end)})")
+        raise nothing_below(threshold, series, now)
     return series
 
 
@@ -69,8 +76,11 @@ def wait_for_low_carbon(meter: Meter, ledger: list[PhaseEnergy], config: RunConf
     series = series_of(config)
     if series is None or config.start_below_gco2 is None:
         return 0.0
-    target = first_below(series, config.start_below_gco2, clock())
-    if target is not None and target <= clock():
+    now = clock()
+    target = first_below(series, config.start_below_gco2, now)
+    if target is None:
+        raise nothing_below(config.start_below_gco2, series, now)  # before any phase is measured
+    if target <= now:
         return 0.0
     with meter.phase(ledger, WAIT_PHASE, WAIT_KIND):
         return wait_until_below(config.start_below_gco2, series, clock=clock, sleep=sleep, poll_s=poll_s)
