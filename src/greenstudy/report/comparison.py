@@ -53,6 +53,7 @@ COMPONENTS = ("cpu", "gpu", "ram")
 VARIANT_ORDER = ("baseline", "amp", "pruned", "quantized")
 HARDWARE_TAGS = ("cpu_model", "gpu_model", "device", "cpu_capability", "energy_method", "codecarbon_version")
 SKIPPED_COLUMNS = ("run_id", "run_name", "model", "variant", "status", "reason")
+IN_PROGRESS_STATUSES = ("RUNNING", "SCHEDULED")  # still going: listed as in progress, never compared
 ENERGY_NOTE = (
     "Energy = lifecycle energy (lifecycle_energy_kwh: the run's own train + val + setup + test evaluation, plus "
     "the baseline training a pruned or quantized variant is made from); a run that does not log it falls back "
@@ -94,7 +95,7 @@ class RunPoint:
 
 @dataclass(frozen=True)
 class Skipped:
-    """A child run left out of the report, and why."""
+    """A child run left out of the report, and why (`in_progress`: it has not ended yet)."""
 
     run_id: str
     run_name: str
@@ -102,6 +103,10 @@ class Skipped:
     variant: str
     status: str
     reason: str
+
+    @property
+    def in_progress(self) -> bool:
+        return self.status in IN_PROGRESS_STATUSES
 
 
 @dataclass(frozen=True)
@@ -147,6 +152,8 @@ def classify(runs: Iterable[RunLike], include_trials: bool = False) -> tuple[lis
 def skip_reason(run: RunLike) -> str:
     """Why a child run cannot be compared ('' when it can)."""
     tags, metrics, status = run.data.tags, run.data.metrics, run.info.status
+    if status in IN_PROGRESS_STATUSES:  # its metrics are those of a run half-way: compared once it has ended
+        return f"in progress (status {status}): compared once it has ended"
     if status != "FINISHED":
         if tags.get("skipped"):
             return f"skipped: {tags['skipped']}"

@@ -83,6 +83,10 @@ class ReportResult:
         return not self.points
 
     @property
+    def in_progress(self) -> list[Skipped]:  # child runs still going when read: listed, never compared
+        return [s for s in self.skipped if s.in_progress]
+
+    @property
     def report_location(self) -> str:
         """Local path of report.html where the artifacts are local files, else its URI."""
         uri = self.artifact_uri.rstrip("/")
@@ -226,7 +230,8 @@ def build_report(
     curves = fetch_curves(client, points)
     shown = describe(read)
     message = _message(shown, points, skipped, rows)
-    tags = {"kind": "report", "report_empty": str(not points).lower(), "experiments_read": shown[:5000]}
+    tags = {"kind": "report", "report_empty": str(not points).lower(), "experiments_read": shown[:5000],
+            "runs_in_progress": ",".join(s.run_id for s in skipped if s.in_progress)[:5000] or "none"}
     with run_scope("report", experiments[0].name, tags=tags) as run:
         wanted = {"experiment": experiment or "auto", "parent_run_ids": ",".join(parents) or "none",
                   "filter": filter_string or "", "aggregate": aggregate, "include_trials": str(include_trials).lower(),
@@ -243,6 +248,7 @@ def build_report(
             result.counts = _write_artifacts(result, curves, aggregate, message, Path(tmp))
             mlflow.log_artifacts(tmp)
         mlflow.log_metrics({"runs_reported": len(points), "runs_skipped": len(skipped), "rows": len(rows),
+                            "runs_in_progress": len(result.in_progress),
                             **{f"{name}_plotted": float(n) for name, n in result.counts.items()}})
     return result
 
@@ -289,8 +295,11 @@ def _write_artifacts(result: ReportResult, curves: list[Curve], aggregate: str, 
 
 
 def _message(shown: str, points: list[RunPoint], skipped: list[Skipped], rows: list[dict[str, object]]) -> str:
+    running = sum(s.in_progress for s in skipped)  # still going: listed, never compared
     if points:
-        return f"{len(points)} runs compared in {len(rows)} rows; {len(skipped)} skipped (read: {shown})"
+        return f"{len(points)} runs compared in {len(rows)} rows; {len(skipped) - running} skipped, {running} in progress (read: {shown})"
+    if running:
+        return f"nothing to compare yet in {shown}: {running} run(s) in progress, {len(skipped) - running} skipped"
     if skipped:
         return f"nothing to compare in {shown}: all {len(skipped)} child runs were skipped (see skipped.csv)"
     return f"nothing to compare in {shown}: it has no variant runs (run `mlflow run . -e main` first)"
@@ -301,7 +310,8 @@ def summary_lines(result: ReportResult, aggregate: str = "latest") -> list[str]:
     lines = [f"read experiment(s): {result.experiment}", f"report run {result.run_id}",
              _message(result.experiment, result.points, result.skipped, result.rows)]
     for s in result.skipped:
-        lines.append(f"  skipped {s.run_id} {s.run_name or '-'} ({s.model or '?'}/{s.variant}): {s.reason}")
+        lines.append(f"  {'in progress' if s.in_progress else 'skipped'} {s.run_id} {s.run_name or '-'} "
+                     f"({s.model or '?'}/{s.variant}): {s.reason}")
     if result.rows:
         lines.append(markdown_table(result.rows, aggregate).rstrip())
     lines += [f"registered: {r.line()}" for r in result.registered]

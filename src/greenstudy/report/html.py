@@ -95,9 +95,12 @@ def render_report_html(title: str, message: str, rows: Sequence[dict[str, object
     if registry_lines:
         parts.append("<h2>Model Registry</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in registry_lines)
                      + "</ul>")
-    parts.append("<h2>Skipped runs</h2>")
-    parts.append(_html_table(SKIPPED_COLUMNS, [[s.run_id, s.run_name, s.model, s.variant, s.status, s.reason]
-                                               for s in skipped]) if skipped else "<p>none</p>")
+    for heading, listed in (("In progress (not compared until they end)", [s for s in skipped if s.in_progress]),
+                            ("Skipped runs", [s for s in skipped if not s.in_progress])):
+        if listed or not heading.startswith("In progress"):
+            parts.append(f"<h2>{heading}</h2>")
+            parts.append(_html_table(SKIPPED_COLUMNS, [[s.run_id, s.run_name, s.model, s.variant, s.status, s.reason]
+                                                       for s in listed]) if listed else "<p>none</p>")
     parts.append("<h2>Runs reported</h2>")
     parts.append(_html_table(("run_id", "run_name", "model", "variant"), [[p.run_id, p.name, p.model, p.variant] for p in points]))
     style = ("body{font-family:sans-serif;margin:2em;max-width:1400px} table{border-collapse:collapse;margin:1em 0}"
