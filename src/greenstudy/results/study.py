@@ -46,14 +46,13 @@ class StudySection:
         energy_key = next((k for k in self.front[0] if k.endswith("_kwh")), FINAL_ENERGY) if self.front else FINAL_ENERGY
         rows = [[r.get("trial", ""), r.get("batch_size", ""), num(_float(r.get("lr")), ".4g"), pct(_float(r.get("val_acc1"))),
                  wh(_float(r.get(energy_key))), r.get("run_id", "")] for r in self.front]
-        counts = ", ".join(f"{m[k]:.0f} {k.split('_')[1]}" for k in ("trials_complete", "trials_pruned", "trials_failed")
-                           if k in m)
+        counts = honest_counts(m)
         lines = [
             f"### Study `{name}` (latest parent run {self.run.info.run_id}, {self.run.info.status}; "
             f"{self.sessions} session(s), commands below in order)", "",
             f"- model {p.get('model', '?')}, objective {p.get('objective', '?')}, sampler {p.get('sampler', '?')}, "
             f"{p.get('epochs', '?')} epochs per trial, batch sizes {p.get('batch_size_choices', '?')}",
-            f"- trials: {counts or '?'}; study energy (all trials, complete, pruned and failed) "
+            f"- trials: {counts or '?'}; study energy (all trials, trained, pruned, failed and interrupted) "
             f"{wh(m.get('all_trials_energy_kwh'))} Wh; hypervolume {num(m.get('hypervolume'))} "
             f"(reference {self.run.data.tags.get('hypervolume_reference', '?')})",
             f"- front read from {self.front_source}" + (f"; written to {self.csv_name}" if self.csv_name else ""),
@@ -176,3 +175,21 @@ def study_sections(client: MlflowClient, runs: Sequence[Run], tmp: Path, out: Pa
             section.notes.append("the parent has no front picture artifact yet")
         sections.append(section)
     return sections
+
+
+def honest_counts(metrics: dict[str, float]) -> str:
+    """The parent's counts, each kind apart (greenstudy.study.counts). A parent logged before issue 20 has
+    no `trials_trained`: its `trials_complete` included reused copies, so trained = complete - reused."""
+    def n(key: str) -> int:
+        return int(metrics.get(key, 0))
+
+    if "trials_trained" in metrics:
+        reasons = [f"{key.removeprefix('trials_pruned_')} {n(key)}" for key in sorted(metrics)
+                   if key.startswith("trials_pruned_") and n(key)]
+        pruned = f"pruned {n('trials_pruned')}" + (f" ({', '.join(reasons)})" if reasons else "")
+        return (f"trained {n('trials_trained')}, reused {n('trials_reused')}, {pruned}, failed {n('trials_failed')}, "
+                f"interrupted {n('trials_interrupted')}")
+    if "trials_complete" not in metrics:
+        return ""
+    return (f"trained {n('trials_complete') - n('trials_reused')}, reused {n('trials_reused')}, pruned {n('trials_pruned')}, "
+            f"failed {n('trials_failed')} (logged before the honest counts: interrupted trials among the failed)")

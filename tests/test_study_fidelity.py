@@ -1,0 +1,269 @@
+"""Issue 20: fair budgets, successive halving, honest counts, and the study in optuna-dashboard.
+Real Optuna (SQLite storages), real MLflow stores, real CodeCarbon; tiny synthetic data, 1-3 epochs."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState, create_trial
+
+from greenstudy import interrupts
+from greenstudy.config import RunConfig
+from greenstudy.study.budget import budget_steps, trial_epochs
+from greenstudy.study.counts import count_trials, counts_text
+from greenstudy.study.fidelity import StudyControl, decide, rung_epochs, rung_fractions
+from greenstudy.study.front import NOT_PROMOTED, OVER_BUDGET, TARGET_NOT_REACHED
+from greenstudy.study.params import StudyConfig
+from greenstudy.study.sampling import make_sampler, untried
+from greenstudy.study.tune import run_study
+from greenstudy.training.control import EpochReport
+from tests.conftest import PYTHON, ROOT, entry_env
+
+TUNE = str(ROOT / "mlproject" / "tune.py")
+BS = CategoricalDistribution([16, 32, 64])
+
+
+@pytest.fixture(autouse=True)
+def own_energy_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Other test sessions on this machine measure too: this file's runs take turns with each other only."""
+    monkeypatch.setenv("GREENSTUDY_ENERGY_LOCK", str(tmp_path / "energy.lock"))
+
+
+def config_for(data_dir: Path, tmp_path: Path, **study: object) -> StudyConfig:
+    run = dict(model="efficientnet_b0", epochs=1, train_subset=64, val_size=50, test_subset=50, download=False,
+               batch_size=32, data_dir=str(data_dir), experiment="fidelity-test")
+    run.update(study.pop("run", {}))
+    return StudyConfig(run=RunConfig(**run), variant="baseline", storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+                       study_name="s", sampler_seed=0, lr_scaling="linear", **study)
+
+
+def frozen(number: int, batch_size: int, state: TrialState, values: list[float] | None = None, **attrs: object):
+    trial = create_trial(state=state, values=values, params={"batch_size": batch_size}, distributions={"batch_size": BS},
+                         user_attrs=attrs)
+    trial.number = number
+    return trial
+
+
+# ---------------------------------------------------------------- pure parts
+
+
+def test_budget_in_steps_gives_every_batch_size_the_same_steps() -> None:
+    steps = StudyConfig(run=RunConfig(epochs=4, batch_size=32), variant="baseline")
+    assert budget_steps(steps, 640) == 4 * 20
+    assert [trial_epochs(steps, b, 640) for b in (16, 32, 64, 128)] == [2, 4, 8, 16]  # 80 steps each
+    fixed = StudyConfig(run=RunConfig(epochs=4, batch_size=32), variant="baseline", budget="epochs")
+    assert [trial_epochs(fixed, b, 640) for b in (16, 128)] == [4, 4]
+    own = StudyConfig(run=RunConfig(epochs=4, batch_size=32), variant="baseline", budget_steps=10)
+    assert trial_epochs(own, 16, 640) == 1 and trial_epochs(own, 128, 640) == 2
+
+
+def test_rungs_and_promotion_by_rank_and_crowding() -> None:
+    assert rung_fractions(3, 27) == pytest.approx([1 / 27, 1 / 9, 1 / 3])
+    assert rung_fractions(3, 2) == [] and rung_fractions(0, 27) == []
+    assert rung_epochs([1 / 9, 1 / 3], 9) == {1: [0], 3: [1]}
+    assert rung_epochs([1 / 3], 1) == {}  # a rung at the last epoch is no rung
+    # (val_acc1, energy): 0 and 1 on the front, 2 dominated by 1; with 3 trials and eta 3 only the best one is kept
+    records = {0: (40.0, 1.0), 1: (50.0, 2.0), 2: (45.0, 3.0)}
+    assert decide(2, records, 3).promoted is False and decide(2, records, 3).place == 3
+    first = decide(0, {0: (1.0, 9.0)}, 3)
+    assert first.promoted and first.kept == 1  # the first trial at a rung has no one to lose against
+    six = {n: (float(n), 1.0) for n in range(6)}  # equal energy: each more accurate one dominates the rest
+    assert [decide(n, six, 3).promoted for n in range(6)] == [False] * 4 + [True] * 2
+
+
+def test_a_budget_crossed_in_the_last_epoch_does_not_stop_the_trial() -> None:
+    control = StudyControl(budget_kwh=1.0, total_epochs=2)
+    assert control.after_epoch(EpochReport(1, 10.0, 2.0, 1.0)) is True and control.stop_kind == OVER_BUDGET
+    last = StudyControl(budget_kwh=1.0, total_epochs=2)
+    assert last.after_epoch(EpochReport(1, 10.0, 0.5, 1.0)) is False
+    assert last.after_epoch(EpochReport(2, 20.0, 2.0, 2.0)) is False and last.stopped_early == "" and last.stop_kind == ""
+
+
+def test_failed_interrupted_and_budget_stopped_configurations_are_untried(tmp_path: Path) -> None:
+    """Today's code counted any finished trial as tried: a failed or interrupted batch size was never measured again."""
+    config = StudyConfig(variant="baseline", max_batch_size=64)
+    study = optuna.create_study(directions=["maximize", "minimize"], storage=f"sqlite:///{tmp_path / 'o.db'}")
+    study.add_trial(frozen(0, 16, TrialState.FAIL, fail_reason="TrainingDiverged: nan", energy_kwh=0.1))
+    study.add_trial(frozen(1, 32, TrialState.FAIL, interrupted=True, energy_kwh=0.2))
+    study.add_trial(frozen(2, 64, TrialState.PRUNED, pruned=OVER_BUDGET, energy_kwh=0.3))
+    assert untried(study, config) == [16, 32, 64]
+    study.add_trial(frozen(3, 16, TrialState.COMPLETE, [30.0, 0.1], energy_kwh=0.1))
+    study.add_trial(frozen(4, 32, TrialState.PRUNED, pruned=TARGET_NOT_REACHED))
+    study.add_trial(frozen(5, 64, TrialState.PRUNED, pruned=NOT_PROMOTED))
+    assert untried(study, config) == []
+    counts = count_trials(study.get_trials())
+    assert counts_text(counts) == (
+        "trained 1, reused 0, pruned 3 (not_promoted 1, over_budget 1, target_not_reached 1), failed 1, interrupted 1"
+    )
+
+
+@pytest.mark.parametrize("sampler", ["nsga2", "tpe", "random", "grid"])
+def test_a_finite_space_samples_only_untried_configurations(sampler: str) -> None:
+    """Today NSGA-II and TPE proposed repeats in a 6-point space, spending n_trials on copies."""
+    config = StudyConfig(variant="baseline", sampler=sampler, max_batch_size=512, population_size=4)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(config, 0))
+    study.optimize(lambda t: (float(t.suggest_categorical("batch_size", config.batch_choices)), 1.0), n_trials=20)
+    assert sorted(t.params["batch_size"] for t in study.trials) == config.batch_choices  # each once, then it stops
+
+
+# ---------------------------------------------------------------- real trials
+
+
+def children(client: MlflowClient, parent_id: str) -> list:
+    experiment = client.get_run(parent_id).info.experiment_id
+    return client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+
+
+def test_budget_crossed_in_the_last_epoch_completes_and_steps_set_the_epochs(
+    tiny_data_dir: Path, tracking_uri: str, tmp_path: Path
+) -> None:
+    """Today the second trial crossed its (tiny) budget in its only epoch and ended PRUNED off the front."""
+    config = config_for(tiny_data_dir, tmp_path, sampler="grid", max_batch_size=32, stop_beta=1e-6, n_trials=5)
+    outcome = run_study(config)
+    trials = optuna.load_study(study_name="s", storage=config.storage).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    second = trials[1]
+    assert second.user_attrs["budget_kwh"] < second.values[1]  # it did cross the budget, at its last epoch
+    epochs = {t.params["batch_size"]: t.user_attrs["epochs"] for t in trials}
+    assert epochs == {16: 1, 32: 1}  # 64 images: 2 steps at the reference batch 32; batch 16 rounds 0.5 epoch up to 1
+    client = MlflowClient(tracking_uri)
+    for child in children(client, outcome.parent_run_id):
+        assert "stopped_early" not in child.data.tags and child.data.params["epochs"] == "1"
+    parent = client.get_run(outcome.parent_run_id).data
+    assert parent.metrics["trials_trained"] == 2 and parent.metrics["trials_pruned"] == 0
+    assert parent.metrics["pareto_size"] >= 1 and parent.params["budget"] == "steps" and parent.params["budget_steps"] == "2"
+
+
+def test_interrupted_trial_is_billed_and_its_configuration_tried_again(
+    tiny_data_dir: Path, tracking_uri: str, tmp_path: Path
+) -> None:
+    config = config_for(tiny_data_dir, tmp_path, run={"epochs": 2}, budget="epochs", max_batch_size=16, n_trials=1)
+    client = MlflowClient(tracking_uri)
+
+    def interrupt_once_training() -> None:  # Ctrl-C, as the signal handler notes it, once the trial's run exists
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            experiment = client.get_experiment_by_name("fidelity-test")
+            if experiment and client.search_runs([experiment.experiment_id], "tags.kind = 'trial'"):
+                interrupts._on_signal(2, None)
+                return
+            time.sleep(0.05)
+
+    interrupts.reset()
+    watcher = threading.Thread(target=interrupt_once_training, daemon=True)
+    watcher.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_study(config)
+    finally:
+        watcher.join(5)
+        interrupts.reset()
+    study = optuna.load_study(study_name="s", storage=config.storage)
+    [cut] = study.get_trials()
+    assert cut.state == TrialState.FAIL and cut.user_attrs["interrupted"] is True
+    cut_run = client.get_run(cut.user_attrs["mlflow_run_id"])
+    assert cut_run.info.status == "KILLED"
+    assert cut.user_attrs["energy_kwh"] == pytest.approx(cut_run.data.metrics["energy_kwh"]) and cut.user_attrs["energy_kwh"] > 0
+    parent_id = cut_run.data.tags["mlflow.parentRunId"]
+    parent = client.get_run(parent_id).data.metrics
+    assert parent["study_energy_kwh"] == pytest.approx(cut.user_attrs["energy_kwh"])  # today: 0, the cut trial was missing
+    assert parent["trials_interrupted"] == 1 and parent["trials_failed"] == 0
+
+    again = run_study(config)  # the one batch size of the space is measured again, not skipped as "tried"
+    assert again.trial_numbers == [1]
+    assert study.get_trials()[1].state == TrialState.COMPLETE
+
+
+def test_successive_halving_with_two_workers_on_one_storage(tiny_data_dir: Path, tracking_uri: str, tmp_path: Path) -> None:
+    """Two entry-script workers on one SQLite study: rung 0 at epoch 1 of 3 (eta 3); every decision is logged,
+    and the later trials are judged against trials of the other worker."""
+    args = ["--model", "efficientnet_b0", "--variant", "baseline", "--epochs", "3", "--train-subset", "64",
+            "--val-size", "50", "--download", "false", "--batch-size", "32", "--max-batch-size", "64",
+            "--lr-scaling", "linear", "--budget", "epochs", "--halving-eta", "3", "--stop-beta", "0",
+            "--study-name", "asha", "--n-trials", "3", "--data-dir", str(tiny_data_dir)]
+    env = {**entry_env(tracking_uri), "GREENSTUDY_ENERGY_LOCK": str(tmp_path / "energy.lock"), "OMP_NUM_THREADS": "1"}
+    workers = [subprocess.Popen([PYTHON, TUNE, *args, "--sampler-seed", str(seed)], cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
+    outputs = [w.communicate(timeout=400) for w in workers]
+    for worker, (_, err) in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, err[-3000:]
+    study = optuna.load_study(study_name="asha", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    trials = study.get_trials()
+    assert sorted(t.params["batch_size"] for t in trials) == [16, 32, 64]  # no configuration twice, across workers
+    by_worker = [{int(n) for n in out.split("this session: ")[1].split("(")[1].split(")")[0].split(",") if n.strip()}
+                 for out, _ in outputs]
+    assert by_worker[0] | by_worker[1] == {t.number for t in trials} and not by_worker[0] & by_worker[1]
+    client = MlflowClient(tracking_uri)
+    for t in trials:
+        decision = t.user_attrs["rung_0_decision"]
+        assert t.user_attrs["rung_0"]["epoch"] == 1
+        run = client.get_run(t.user_attrs["mlflow_run_id"])
+        assert run.data.tags["rung_0"] == decision
+        history = [p.step for p in client.get_metric_history(run.info.run_id, "val_acc1")]
+        if "not promoted" in decision:
+            assert t.state == TrialState.PRUNED and t.user_attrs["pruned"] == NOT_PROMOTED and history == [1]
+            assert run.info.status == "FINISHED" and run.data.tags["optuna_state"] == "PRUNED"
+        else:
+            assert t.state == TrialState.COMPLETE and history == [1, 2, 3] and t.user_attrs["rung"] == 1
+    first = min(trials, key=lambda t: t.number)
+    assert "promoted, place 1 of 1" in first.user_attrs["rung_0_decision"]
+    last = max(trials, key=lambda t: t.number)
+    judged = {int(n) for n in last.user_attrs["rung_0_decision"].split("best first: ")[1].rstrip(")").split(", ")}
+    assert judged == {t.number for t in trials}  # all three at the rung, whichever worker trained them
+    owner = 0 if last.number in by_worker[0] else 1
+    assert judged & by_worker[1 - owner]  # the other worker's trials took part in the decision
+    counts = count_trials(trials)
+    assert counts["trained"] + counts["pruned_not_promoted"] == 3
+    for _, err in outputs:  # the progress line carries the study's honest counts
+        assert "| study: trained " in err and "interrupted 0" in err
+
+
+# ---------------------------------------------------------------- optuna-dashboard
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_optuna_dashboard_reads_the_study_back(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="dash", directions=["maximize", "minimize"], storage=url)
+    study.add_trial(frozen(0, 16, TrialState.COMPLETE, [40.0, 0.2], energy_kwh=0.2))
+    study.add_trial(frozen(1, 32, TrialState.PRUNED, pruned=NOT_PROMOTED, energy_kwh=0.05))
+    study.add_trial(frozen(2, 16, TrialState.PRUNED, pruned="reused", reused_from=0, energy_kwh=0.0))
+    port = free_port()
+    server = subprocess.Popen([str(Path(PYTHON).parent / "optuna-dashboard"), url, "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline, listing = time.monotonic() + 60, None
+        while listing is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as reply:
+                    listing = json.load(reply)
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, server.stderr.read().decode()[-2000:]
+                time.sleep(0.3)
+        [summary] = listing["study_summaries"]
+        assert summary["study_name"] == "dash"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}", timeout=10) as reply:
+            detail = json.load(reply)
+        assert [(t["number"], t["state"]) for t in detail["trials"]] == [(0, "Complete"), (1, "Pruned"), (2, "Pruned")]
+        attrs = {a["key"]: a["value"] for a in detail["trials"][2]["user_attrs"]}
+        assert attrs["reused_from"] == "0"
+        assert [t["number"] for t in detail["best_trials"]] == [0]  # the reused copy is no second best trial
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
