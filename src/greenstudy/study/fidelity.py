@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import optuna
+
 from greenstudy.pareto import pareto_front
 from greenstudy.study.kinds import NOT_PROMOTED, OVER_BUDGET
 from greenstudy.training.control import EpochReport, TrainingControl
@@ -115,10 +117,13 @@ class StudyControl(TrainingControl):
     total_epochs: int = 0
     rungs: dict[int, list[int]] = field(default_factory=dict)
     at_rung: Callable[[int, EpochReport], str] | None = None  # -> "" promoted, else the reason it is not
+    on_epoch: Callable[[EpochReport], None] | None = None  # every finished epoch (the study's running tally)
     stop_kind: str = ""
 
     def after_epoch(self, report: EpochReport) -> bool:
         self.last = report
+        if self.on_epoch:
+            self.on_epoch(report)
         if self.target_acc1 is not None and self.reached is None and report.val_acc1 >= self.target_acc1:
             self.reached = report
             if self.stop_at_target:
@@ -138,3 +143,33 @@ class StudyControl(TrainingControl):
                 self.stop_kind, self.stopped_early = NOT_PROMOTED, reason
                 return True
         return False
+
+
+def judge_at_rung(trial: optuna.Trial, eta: int, epochs: int, rung: int, report: EpochReport) -> str:
+    """Record this trial at `rung` and decide against every trial of the study there: "" promoted, else why not."""
+    import mlflow
+
+    from greenstudy.progress import say
+
+    trial.set_user_attr(f"rung_{rung}", {"val_acc1": report.val_acc1, "energy_kwh": report.energy_kwh, "epoch": report.epoch})
+    records = {t.number: (t.user_attrs[f"rung_{rung}"]["val_acc1"], t.user_attrs[f"rung_{rung}"]["energy_kwh"])
+               for t in trial.study.get_trials(deepcopy=False) if f"rung_{rung}" in t.user_attrs}
+    records[trial.number] = (report.val_acc1, report.energy_kwh)
+    decision = decide(trial.number, records, eta)
+    text = decision.text(rung, report.epoch, epochs)
+    trial.set_user_attr(f"rung_{rung}_decision", text)
+    trial.set_user_attr("rung", rung + 1 if decision.promoted else rung)
+    mlflow.set_tag(f"rung_{rung}", text)  # on the trial's own (active) child run
+    say(f"trial #{trial.number}: {text}")
+    return "" if decision.promoted else text
+
+
+def tally(trial: optuna.Trial, report: EpochReport) -> None:
+    """After every epoch, the trial's run and energy so far in the storage: a worker killed hard leaves a
+    trial that the heartbeat marks FAIL, and the study's bill still holds what its finished epochs spent."""
+    import mlflow
+
+    active = mlflow.active_run()
+    if active is not None and "mlflow_run_id" not in trial.user_attrs:
+        trial.set_user_attr("mlflow_run_id", active.info.run_id)
+    trial.set_user_attr("energy_kwh", report.energy_kwh)

@@ -46,7 +46,7 @@ from greenstudy.errors import ConfigError, GreenstudyError
 from greenstudy.interrupts import stop_if_interrupted
 from greenstudy.study.budget import budget_steps, optimizer_steps, trial_epochs
 from greenstudy.study.counts import count_trials, counts_text, kind_of
-from greenstudy.study.fidelity import StudyControl, decide, rung_epochs, rung_fractions
+from greenstudy.study.fidelity import StudyControl, judge_at_rung, rung_epochs, rung_fractions, tally
 from greenstudy.study.front import (
     DIRECTIONS,
     OBJECTIVE_TEXT,
@@ -129,26 +129,11 @@ class Trainer:
             trial.set_user_attr("budget_kwh", budget)
         stop_at_target = cfg.stop_at_target or config.objective == "to_target"
         rungs = rung_epochs(rung_fractions(config.halving_eta, cfg.epochs), epochs)
-        return StudyControl(target_acc1=cfg.target_acc1, stop_at_target=stop_at_target, budget_kwh=budget,
-                            total_epochs=epochs, rungs=rungs, at_rung=lambda rung, report: self.at_rung(trial, epochs, rung, report))
-
-    def at_rung(self, trial: optuna.Trial, epochs: int, rung: int, report: object) -> str:
-        """Record this trial at `rung` and decide against every trial of the study there: "" promoted, else why not."""
-        import mlflow
-
-        from greenstudy.progress import say
-
-        trial.set_user_attr(f"rung_{rung}", {"val_acc1": report.val_acc1, "energy_kwh": report.energy_kwh, "epoch": report.epoch})
-        records = {t.number: (t.user_attrs[f"rung_{rung}"]["val_acc1"], t.user_attrs[f"rung_{rung}"]["energy_kwh"])
-                   for t in trial.study.get_trials(deepcopy=False) if f"rung_{rung}" in t.user_attrs}
-        records[trial.number] = (report.val_acc1, report.energy_kwh)
-        decision = decide(trial.number, records, self.config.halving_eta)
-        text = decision.text(rung, report.epoch, epochs)
-        trial.set_user_attr(f"rung_{rung}_decision", text)
-        trial.set_user_attr("rung", rung + 1 if decision.promoted else rung)
-        mlflow.set_tag(f"rung_{rung}", text)  # on the trial's own (active) child run
-        say(f"trial #{trial.number}: {text}")
-        return "" if decision.promoted else text
+        return StudyControl(
+            target_acc1=cfg.target_acc1, stop_at_target=stop_at_target, budget_kwh=budget, total_epochs=epochs, rungs=rungs,
+            at_rung=lambda rung, report: judge_at_rung(trial, config.halving_eta, epochs, rung, report),
+            on_epoch=lambda report: tally(trial, report),
+        )
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         self.started.append(trial.number)
