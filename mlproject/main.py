@@ -13,14 +13,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
 
     def job() -> int:
-        from greenstudy.runs.main_run import run_main, summary_lines
         from greenstudy.runs.params import parse_main
         from greenstudy.training import launch
-        from greenstudy.training.follower import follow
 
         cfg = parse_main(argv)
-        if launch.wanted(cfg):
+        if launch.wanted(cfg):  # the command that starts torchrun needs no MLflow
             return launch.relaunch(__file__, argv, cfg)
+        from greenstudy.runs.main_run import run_main, summary_lines
+        from greenstudy.training.follower import follow
+
         with launch.job_ranks(cfg) as ranks:
             if ranks is not None and not ranks.leader:
                 return follow(cfg)

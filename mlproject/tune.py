@@ -15,12 +15,12 @@ def main(argv: list[str] | None = None) -> int:
     def job() -> int:
         from greenstudy.study.params import parse_tune
         from greenstudy.training import launch
-        from greenstudy.training.follower import follow
 
         config = parse_tune(argv)
         if launch.wanted(config.run):
             return launch.relaunch(__file__, argv, config.run)
         from greenstudy.study.tune import run_study
+        from greenstudy.training.follower import follow
 
         with launch.job_ranks(config.run) as ranks:
             if ranks is not None and not ranks.leader:
