@@ -3,6 +3,7 @@ Real Optuna (SQLite storages), real MLflow stores, real CodeCarbon; tiny synthet
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -96,9 +97,11 @@ def test_failed_interrupted_and_budget_stopped_configurations_are_untried(tmp_pa
     study = optuna.create_study(directions=["maximize", "minimize"], storage=f"sqlite:///{tmp_path / 'o.db'}")
     study.add_trial(frozen(0, 16, TrialState.FAIL, fail_reason="TrainingDiverged: nan", energy_kwh=0.1))
     study.add_trial(frozen(1, 32, TrialState.FAIL, interrupted=True, energy_kwh=0.2))
-    study.add_trial(frozen(2, 64, TrialState.PRUNED, pruned=OVER_BUDGET, energy_kwh=0.3))
-    assert untried(study, config) == [16, 32, 64]
+    study.add_trial(frozen(2, 64, TrialState.PRUNED, pruned=OVER_BUDGET, budget_kwh=0.25, energy_kwh=0.3))
+    assert untried(study, config) == [16, 32, 64]  # no budget now (nothing completed): the budget stop is retried
     study.add_trial(frozen(3, 16, TrialState.COMPLETE, [30.0, 0.1], energy_kwh=0.1))
+    assert untried(study, config) == [32]  # budget now 2 x 0.1 <= the 0.25 that stopped batch 64: no retry yet
+    assert untried(study, dataclasses.replace(config, stop_beta=3.0)) == [32, 64]  # a larger budget: retried
     study.add_trial(frozen(4, 32, TrialState.PRUNED, pruned=TARGET_NOT_REACHED))
     study.add_trial(frozen(5, 64, TrialState.PRUNED, pruned=NOT_PROMOTED))
     assert untried(study, config) == []
