@@ -14,6 +14,7 @@ import torch
 from greenstudy.config import RunConfig
 from greenstudy.errors import VariantSkipped
 from greenstudy.interrupts import stop_if_interrupted
+from greenstudy.measure.carbon_hooks import check_series, timed_metrics, wait_for_low_carbon, wait_metrics
 from greenstudy.measure.energy import EnergyMeter, machine_lock
 from greenstudy.measure.ledger import Ledger, energy_metrics, redo_unsaved_epochs, write_journal, write_ledger_csv
 from greenstudy.measure.precision import cpu_capability, describe
@@ -65,6 +66,10 @@ def log_record(record: VariantRecord, cfg: RunConfig, lean: bool) -> dict[str, f
     """Final metrics, tags and artifacts of a finished variant (the model from a CPU copy)."""
     metrics = record_metrics(record)
     log_final(metrics)
+    timed, timed_tags = timed_metrics(record.ledger, record.upstream.ledger if record.upstream else None, cfg)
+    log_final(timed)  # emissions_kg_timed, lifecycle_emissions_kg_timed, best_start_* (nothing without a series)
+    mlflow.set_tags(timed_tags)
+    metrics = {**metrics, **timed}
     mlflow.set_tags(record.tags)
     if record.control.stopped_early:
         mlflow.set_tag("stopped_early", record.control.stopped_early)
@@ -181,6 +186,7 @@ def _upstream_of(child: ChildOutcome) -> Upstream | None:
 
 def run_main(cfg: RunConfig) -> MainOutcome:
     """Train, measure and log every requested variant of one model (or go on with an interrupted run)."""
+    check_series(cfg)  # carbon_intensity_csv / start_below_gco2: one error line before the data loads
     device, cpu_data = prepare(cfg)
     stop_if_interrupted()  # a download or an extraction may have taken a while
     plan: ResumePlan | None = plan_resume(cfg, device) if cfg.resume else None
@@ -197,6 +203,12 @@ def run_main(cfg: RunConfig) -> MainOutcome:
         existing = mlflow.get_run(parent.info.run_id).data.params
         wanted = {"model": cfg.model, "variants": ",".join(cfg.variants), "dataset": cfg.dataset}
         mlflow.log_params({k: v for k, v in wanted.items() if k not in existing})
+        waited: list = []  # start_below_gco2: the wait for a low-carbon hour, measured as an `idle` phase
+        try:
+            wait_for_low_carbon(bench.meter, waited, cfg)
+        finally:  # an interrupted wait was spent too
+            if waited:
+                mlflow.log_metrics(wait_metrics(waited))
         try:
             for variant in execution_order(cfg.variants, baseline_given=bool(cfg.from_run)):
                 if plan and variant in plan.finished:
