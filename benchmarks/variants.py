@@ -44,6 +44,8 @@ def parse(argv: list[str]) -> tuple[RunConfig, str]:
     add("--batch-size", type=int, default=128)
     add("--infer-seconds", type=float, default=5.0, help="inference benchmark window per variant")
     add("--calib-batches", type=int, default=8)
+    add("--infer-b1-images", type=int, default=200, help="batch-1 queries per repeat (AI Energy Score style)")
+    add("--infer-b1-repeats", type=int, default=1)
     add("--finetune-epochs", type=int, default=-1)
     add("--variants", default="baseline,amp,pruned,quantized")
     add("--amp-dtype", default="auto", help="auto (native only), bf16 or fp16 (forced, even emulated)")
@@ -86,11 +88,16 @@ def table(children: list[ChildOutcome]) -> list[str]:
     quantized = next((c.metrics for c in children if c.variant == "quantized" and c.status == "FINISHED"), None)
     if quantized and "fp32_cpu_infer_images_per_second" in quantized:
         lines.append(
-            f"quantized vs the fp32 baseline on the same CPU, same process: inference "
-            f"{quantized['infer_images_per_second'] / quantized['fp32_cpu_infer_images_per_second']:.2f}x images/s, "
+            f"quantized vs its fp32 reference timed the same way (same CPU, process, threads, batch, window, each "
+            f"in its own fastest layout): inference {quantized['int8_speedup']:.2f}x images/s, "
             f"{quantized['infer_energy_wh_per_1k_images'] / quantized['fp32_cpu_infer_energy_wh_per_1k_images']:.2f}x "
             "energy per 1k images"
         )
+    for child in children:
+        if child.status == "FINISHED" and "latency_p50_ms" in child.metrics:
+            m = child.metrics
+            lines.append(f"{child.variant:<10} batch 1: {m['infer_b1_wh_per_1k']:.4f} Wh per 1k queries, "
+                         f"latency p50 {m['latency_p50_ms']:.2f} ms, p95 {m['latency_p95_ms']:.2f} ms")
     lines.append("(own Wh = the child's energy_kwh: train + val + setup (compile, prune, calibrate) + test, not inference; "
                  "life Wh = lifecycle_energy_kwh: own + the baseline's for pruned and quantized)")
     return lines

@@ -72,6 +72,7 @@ PYTHON = sys.executable
 # Fast settings for a real end-to-end run on the tiny folder.
 TINY_ARGS = [
     "--epochs", "1", "--batch-size", "64", "--val-size", "100", "--infer-seconds", "0.3",
+    "--infer-b1-images", "20", "--infer-b1-repeats", "1",
     "--calib-batches", "2", "--download", "false",
 ]
 

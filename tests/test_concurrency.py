@@ -17,7 +17,7 @@ from tests.conftest import PYTHON, ROOT, TINY_ARGS, entry_env
 
 MLFLOW = shutil.which("mlflow", path=str(Path(PYTHON).parent)) or "mlflow"
 FAST = {"variants": "baseline", "epochs": "1", "batch_size": "64", "train_subset": "256", "val_size": "100",
-        "test_subset": "100", "infer_seconds": "0.3", "download": "false"}
+        "test_subset": "100", "infer_seconds": "0.3", "infer_b1_images": "10", "infer_b1_repeats": "1", "download": "false"}
 
 
 def _mlflow_run(data_dir: Path, env: dict[str, str], model: str, experiment: str) -> subprocess.Popen:

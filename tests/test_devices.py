@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "mlproject"))
 import main as entry  # noqa: E402
 
 TINY = ["--model", "efficientnet_b0", "--epochs", "1", "--batch-size", "32", "--train-subset", "128", "--val-size", "64",
-        "--test-subset", "64", "--infer-seconds", "0.2", "--calib-batches", "1", "--finetune-epochs", "1",
+        "--test-subset", "64", "--infer-seconds", "0.2", "--infer-b1-repeats", "0", "--calib-batches", "1", "--finetune-epochs", "1",
         "--download", "false"]
 # Wraps (never replaces) CodeCarbon's tracker in every rank torchrun starts: each one made is written down.
 SITECUSTOMIZE = '''

@@ -93,7 +93,8 @@ def test_mlflow_run_end_to_end(tiny_data_dir: Path, tracking_uri: str) -> None:
     """`mlflow run . --env-manager local` on a tiny folder: a parent and a baseline child with the contract."""
     mlflow_bin = shutil.which("mlflow", path=str(Path(PYTHON).parent)) or "mlflow"
     params = {"model": "resnet18", "variants": "baseline", "data_dir": str(tiny_data_dir), "epochs": "2",
-              "batch_size": "64", "val_size": "100", "infer_seconds": "0.3", "download": "false"}
+              "batch_size": "64", "val_size": "100", "infer_seconds": "0.3", "download": "false",
+              "infer_b1_images": "20", "infer_b1_repeats": "2"}
     command = [mlflow_bin, "run", str(ROOT), "--env-manager", "local", "--experiment-name", "e2e"]
     for name, value in params.items():
         command += ["-P", f"{name}={value}"]
@@ -184,7 +185,7 @@ def test_failed_variant_marks_child_failed(tiny_data_dir: Path, tracking_uri: st
     from greenstudy.runs.main_run import make_bench, prepare, run_variant
 
     cfg = RunConfig(model="efficientnet_b0", data_dir=str(tiny_data_dir), download=False, epochs=1, batch_size=64,
-                    val_size=100, train_subset=256, infer_seconds=0.2, experiment="fails")
+                    val_size=100, train_subset=256, infer_seconds=0.2, infer_b1_repeats=0, experiment="fails")
     device, data = prepare(cfg)
     bench, tags = make_bench(cfg, device, data)
     mlflow.set_experiment("fails")

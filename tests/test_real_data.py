@@ -23,7 +23,7 @@ def test_real_cifar100_learns(tracking_uri: str) -> None:
     variant, images, floor = ("amp", "5000", 4.0) if AMP_NATIVE else ("baseline", "3000", 3.0)
     cfg = parse_main(["--model", "resnet18", "--variants", variant, "--data-dir", str(SHARED_DATA), "--download", "false",
                       "--epochs", "2", "--train-subset", images, "--val-size", "1000", "--test-subset", "1000",
-                      "--infer-seconds", "1", "--experiment", "real"])
+                      "--infer-seconds", "1", "--infer-b1-images", "100", "--infer-b1-repeats", "1", "--experiment", "real"])
     outcome = run_main(cfg)
     assert not outcome.failed
     run = MlflowClient(tracking_uri).get_run(outcome.children[0].run_id)

@@ -329,7 +329,7 @@ def test_readme_sequence_main_then_report(tiny_data_dir: Path, tracking_uri: str
            "GREENSTUDY_ENERGY_LOCK": str(tmp_path / "energy.lock")}  # checks the report, not energy: no queueing
     params = {"model": "resnet18", "variants": "baseline,quantized", "data_dir": str(tiny_data_dir), "download": "false",
               "epochs": "1", "batch_size": "64", "train_subset": "256", "val_size": "100", "test_subset": "100",
-              "infer_seconds": "0.3"}
+              "infer_seconds": "0.3", "infer_b1_repeats": "0"}
     main = [mlflow_bin, "run", str(ROOT), "--env-manager", "local"] + [a for k, v in params.items() for a in ("-P", f"{k}={v}")]
     done = subprocess.run(main, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=540)
     assert done.returncode == 0, done.stderr[-3000:]

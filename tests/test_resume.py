@@ -21,7 +21,7 @@ from greenstudy.runs.resume import ResumePlan
 from tests.conftest import PYTHON, ROOT, entry_env
 
 ARGS = ["--model", "efficientnet_b0", "--variants", "baseline", "--epochs", "3", "--batch-size", "64",
-        "--train-subset", "320", "--val-size", "100", "--test-subset", "100", "--infer-seconds", "0.2",
+        "--train-subset", "320", "--val-size", "100", "--test-subset", "100", "--infer-seconds", "0.2", "--infer-b1-repeats", "0",
         "--download", "false"]
 
 

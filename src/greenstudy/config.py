@@ -85,6 +85,8 @@ class RunConfig:
     int8_max_loss: float = 1.0  # validation top-1 points int8 may lose against its fp32 model
     from_run: str = ""  # a finished baseline child run to derive pruned/quantized from, instead of training one
     infer_seconds: float = 10.0
+    infer_b1_images: int = 1000  # batch-1 inference (AI Energy Score style): queries per repeat
+    infer_b1_repeats: int = 10  # 0 = no batch-1 inference
     amp_dtype: str = "auto"
     target_acc1: float | None = None
     stop_at_target: bool = False
@@ -111,6 +113,7 @@ class RunConfig:
             "batch_size": self.batch_size,
             "resolution": self.resolution,
             "calib_batches": self.calib_batches,
+            "infer_b1_images": self.infer_b1_images,
         }
         for name, value in positive.items():
             if value < 1:
@@ -137,6 +140,8 @@ class RunConfig:
             raise ConfigError(f"weight_decay must be 0 or more, got {self.weight_decay}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.infer_b1_repeats < 0:
+            raise ConfigError(f"infer_b1_repeats must be 0 or more, got {self.infer_b1_repeats}")
         if self.int8_max_loss < 0:
             raise ConfigError(f"int8_max_loss must be 0 or more, got {self.int8_max_loss}")
         if self.from_run and (self.resume or not set(self.variants) <= {"pruned", "quantized"}):

@@ -29,6 +29,8 @@ DEMO_PARAMS = {
     "val_size": "500",
     "test_subset": "1000",
     "infer_seconds": "3",
+    "infer_b1_images": "200",  # batch-1 queries per repeat (1,000 by default)
+    "infer_b1_repeats": "1",
     "calib_batches": "4",
 }
 

@@ -50,6 +50,7 @@ def contract_params(cfg: RunConfig, variant: str, device: torch.device) -> dict[
         "val_size": cfg.val_size, "test_subset": cfg.test_subset, "resolution": cfg.resolution,
         "channels_last": cfg.channels_last, "compile": cfg.compile, "amp_dtype": cfg.amp_dtype,
         "cpu_power_w": cfg.cpu_power_w, "ram_power_w": cfg.ram_power_w, "infer_seconds": cfg.infer_seconds,
+        "infer_b1_images": cfg.infer_b1_images, "infer_b1_repeats": cfg.infer_b1_repeats,
         "target_acc1": cfg.target_acc1, "stop_at_target": cfg.stop_at_target,
         "carbon_intensity_csv": cfg.carbon_intensity_csv, "start_below_gco2": cfg.start_below_gco2,
     }

@@ -44,6 +44,8 @@ def main_parser() -> argparse.ArgumentParser:
     add("--finetune-epochs", type=int, default=default("finetune_epochs"))
     add("--calib-batches", type=int, default=default("calib_batches"))
     add("--int8-max-loss", type=float, default=default("int8_max_loss"))
+    add("--infer-b1-images", type=int, default=default("infer_b1_images"))
+    add("--infer-b1-repeats", type=int, default=default("infer_b1_repeats"))
     add("--from-run", default=default("from_run"), help="run id of a finished baseline child to derive pruned/quantized from")
     add("--resume", default=default("resume"), help="parent run id of an interrupted `main` run to continue")
     add("--checkpoint-dir", default=default("checkpoint_dir"))

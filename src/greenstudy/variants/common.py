@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from greenstudy.config import RunConfig
+from greenstudy.interrupts import stop_if_interrupted
 from greenstudy.measure.energy import EnergyMeter
 from greenstudy.measure.ledger import PhaseEnergy
 from greenstudy.measure.precision import Hardware, Precision
@@ -19,11 +20,12 @@ from greenstudy.training.control import TrainingControl
 from greenstudy.training.data import CifarData, Normalizer
 from greenstudy.training.models import count_macs_params, model_size_mb
 from greenstudy.training.steps import evaluate, inference_batch, run_inference_for
-from greenstudy.variants.record import Inference, Upstream, VariantRecord
+from greenstudy.variants.record import Batch1Inference, Inference, Upstream, VariantRecord
 
 INFER_BATCH_SIZE = 256
 WARMUP_SECONDS = 1.0
 PROBE_SECONDS = 0.5  # per layout, to choose the faster one
+B1_WARMUP_QUERIES = 20
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,30 @@ def infer(bench: Bench, model: nn.Module, precision: Precision, ledger: list[Pha
     return Inference(images, phase, "channels_last" if channels_last else "contiguous")
 
 
+@torch.no_grad()
+def infer_batch1(bench: Bench, model: nn.Module, precision: Precision, ledger: list[PhaseEnergy], name: str,
+                 device: torch.device, data: CifarData, channels_last: bool) -> Batch1Inference:
+    """`infer_b1_images` test images one at a time, `infer_b1_repeats` times, in one measured phase after an
+    untimed warm-up: energy per query and latency percentiles from the same window (synchronised per query
+    on CUDA, so a latency is the query's own)."""
+    cfg = bench.cfg
+    queries = inference_batch(data.test, normalizer(bench, device, channels_last), device, cfg.infer_b1_images)
+    latencies: list[float] = []
+    with precision.autocast(device):
+        for query in queries[:B1_WARMUP_QUERIES].split(1):
+            model(query)
+        with bench.meter.phase(ledger, name, "inference") as phase:
+            for _ in range(cfg.infer_b1_repeats):
+                for query in queries.split(1):
+                    stop_if_interrupted()
+                    started = time.perf_counter()
+                    model(query)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    latencies.append((time.perf_counter() - started) * 1000)
+    return Batch1Inference(len(latencies), phase, latencies)
+
+
 def finish(job: VariantJob, record: VariantRecord, precision: Precision, label: str, device: torch.device | None = None,
            data: CifarData | None = None, channels_last: bool | None = None, size_of: nn.Module | None = None) -> VariantRecord:
     """Test evaluation and inference benchmark (skipped in lean trials), size and example."""
@@ -105,6 +131,9 @@ def finish(job: VariantJob, record: VariantRecord, precision: Precision, label: 
             record.test = evaluate(record.model, data.test, normalize, precision, device)
         record.inference = infer(bench, record.model, precision, record.ledger.phases, f"{label}/inference", device, data)
         record.tags["infer_layout"] = record.inference.layout
+        if bench.cfg.infer_b1_repeats:
+            record.batch1 = infer_batch1(bench, record.model, precision, record.ledger.phases, f"{label}/inference-b1", device,
+                                         data, record.inference.layout == "channels_last")
     macs, params = count_macs_params(size_of if size_of is not None else record.model)
     record.size = {"params": params, "macs": macs, "model_size_mb": model_size_mb(record.model)}
     record.example = example_input(bench)

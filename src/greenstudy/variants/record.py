@@ -38,6 +38,25 @@ class Inference:
 
 
 @dataclass
+class Batch1Inference:
+    """Inference the way the AI Energy Score measures it: one image per query, `images` queries in one
+    measured phase (warm-up excluded), each query's latency timed inside the same window."""
+
+    images: int
+    phase: PhaseEnergy
+    latencies_ms: list[float]
+
+    def metrics(self) -> dict[str, float]:
+        latencies = torch.tensor(self.latencies_ms, dtype=torch.float64)
+        return {
+            "infer_b1_wh_per_1k": self.phase.energy_kwh * 1000 * 1000 / self.images,
+            "infer_b1_seconds": self.phase.seconds,
+            "latency_p50_ms": float(latencies.quantile(0.5)),
+            "latency_p95_ms": float(latencies.quantile(0.95)),
+        }
+
+
+@dataclass
 class VariantRecord:
     """A finished variant: its model and everything measured about it."""
 
@@ -48,6 +67,7 @@ class VariantRecord:
     history: list[dict[str, float]] = field(default_factory=list)
     test: dict[str, float] | None = None
     inference: Inference | None = None
+    batch1: Batch1Inference | None = None
     size: dict[str, float] = field(default_factory=dict)
     extra: dict[str, float] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
@@ -62,6 +82,8 @@ def record_metrics(record: VariantRecord) -> dict[str, float]:
         metrics.update({f"test_{name}": value for name, value in record.test.items()})
     if record.inference is not None:
         metrics.update(record.inference.metrics())
+    if record.batch1 is not None:
+        metrics.update(record.batch1.metrics())
     metrics.update(record.size)
     if record.history:  # only runs that train can reach a validation target
         metrics.update(record.control.target_metrics())
