@@ -80,7 +80,8 @@ def test_results_are_rebuilt_from_a_small_real_experiment(tracking_uri: str, tmp
         write_synthetic_cifar(data_dir, "cifar100", n_train=800, n_test=200, seed=0)
     cfg = parse_main(["--model", "resnet18", "--variants", "baseline,quantized", "--data-dir", str(data_dir),
                       "--download", "false", "--epochs", "1", "--batch-size", "64", "--train-subset", "256",
-                      "--val-size", "500", "--test-subset", "200", "--infer-seconds", "0.5", "--infer-b1-images", "20", "--infer-b1-repeats", "1", "--calib-batches", "2",
+                      "--val-size", "500", "--test-subset", "200", "--infer-seconds", "0.5", "--calib-batches", "2",
+                      "--infer-b1-images", "20", "--infer-b1-repeats", "1",
                       "--experiment", EXPERIMENT, "--checkpoint-dir", str(tmp_path / "ckpt")])
     outcome = run_main(cfg)
     assert not outcome.failed
