@@ -75,6 +75,7 @@ def tiny_config(data_dir: Path, tmp_path: Path, **study: object) -> StudyConfig:
     run = dict(model="efficientnet_b0", epochs=1, train_subset=64, val_size=50, test_subset=50, download=False,
                batch_size=32, data_dir=str(data_dir), experiment="tune-test")
     run.update(study.pop("run", {}))
+    study.setdefault("budget", "epochs")  # these tests count epochs; tests/test_study_fidelity.py covers steps
     return StudyConfig(run=RunConfig(**run), variant="baseline", storage=f"sqlite:///{tmp_path / 'optuna.db'}",
                        study_name="s", sampler_seed=0, **study)
 
@@ -210,7 +211,7 @@ def test_study_show_prints_pruned_trials_and_the_energy(tmp_path: Path, tracking
     show = subprocess.run([PYTHON, "-m", "greenstudy", "study", "show", "--storage", url], env=entry_env(tracking_uri),
                           capture_output=True, text=True, timeout=60)
     assert show.returncode == 0, show.stderr
-    assert "1 complete, 1 pruned, 1 fail" in show.stdout
+    assert "trials: 3: trained 1, reused 0, pruned 1 (over_budget 1), failed 1, interrupted 0" in show.stdout
     assert "trial 1 bs=32: PRUNED, stopped early, over budget; spent 4.0000 Wh" in show.stdout
     assert "trial 2 bs=16: FAILED, TrainingDiverged: nan; spent 1.0000 Wh" in show.stdout
     assert "study energy: 7.5000 Wh over all 3 trials" in show.stdout
@@ -354,7 +355,11 @@ def test_bad_input_is_one_line_within_seconds(
     assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr[-2000:]
     assert "Traceback" not in result.stderr and "secret" not in result.stderr
     assert elapsed < 30, elapsed  # seconds, on a loaded 2-core machine
-    assert not (tmp_path / "mlflow.db").exists()  # checked before the MLflow store was even opened
+    if "max_batch_size" not in message:
+        assert not (tmp_path / "mlflow.db").exists()  # checked before the MLflow store was even opened
+    else:  # checked once the data is loaded: prepare() has made the store ready (greenstudy.store), but no run exists
+        client = MlflowClient(tracking_uri)
+        assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
 
 
 def test_entry_point_resume_reuse_and_failure(tiny_data_dir: Path, tracking_uri: str, tmp_path: Path) -> None:
@@ -362,20 +367,25 @@ def test_entry_point_resume_reuse_and_failure(tiny_data_dir: Path, tracking_uri:
     first = run_tune([*TUNE_TINY, "--n-trials", "2"], tiny_data_dir, tracking_uri, tmp_path)
     assert first.returncode == 0, first.stderr[-4000:]
     assert session_trials(first.stdout) == [0, 1]
-    assert re.search(r"trial 1/2 \(#0\) bs=\d+ lr=\S+ -> val_acc1 [\d.]+%, [\d.]+ Wh, COMPLETE \([\d.]+ s\)", first.stderr)
+    assert re.search(r"trial 1/2 \(#0\) bs=\d+ lr=\S+ 1 ep/\d+ steps -> val_acc1 [\d.]+%, [\d.]+ Wh, COMPLETE \([\d.]+ s\) "
+                     r"\| study: trained 1, reused 0, pruned 0, failed 0, interrupted 0", first.stderr)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = optuna.load_study(study_name=STUDY, storage=storage)
     measured = study.trials[0]
-    # resume: a repeat of trial 0 (not retrained) and a trial forced to diverge (FAIL; the study goes on)
+    # resume: a repeat of trial 0 (not retrained, not counted in n_trials=1) and a trial forced to diverge
+    # (FAIL; the study goes on)
     study.enqueue_trial(measured.params)
     study.enqueue_trial({"batch_size": 16, "base_lr": 1e6})
-    second = run_tune([*TUNE_TINY, "--n-trials", "2"], tiny_data_dir, tracking_uri, tmp_path)
+    second = run_tune([*TUNE_TINY, "--n-trials", "1"], tiny_data_dir, tracking_uri, tmp_path)
     assert second.returncode == 0, second.stderr[-4000:]
     assert session_trials(second.stdout) == [2, 3]
-    trials = optuna.load_study(study_name=STUDY, storage=storage).get_trials()
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3 + [TrialState.FAIL]
+    reloaded = optuna.load_study(study_name=STUDY, storage=storage)
+    trials = reloaded.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 + [TrialState.PRUNED, TrialState.FAIL]
     repeat, failed = trials[2], trials[3]
-    assert repeat.user_attrs["reused_from"] == 0 and repeat.values == measured.values
+    assert repeat.user_attrs["reused_from"] == 0 and repeat.user_attrs["reused_values"] == measured.values
+    assert repeat.user_attrs["pruned"] == "reused"
+    assert repeat.number not in {t.number for t in reloaded.best_trials}  # a copy is no second measurement
     assert "TrainingDiverged" in failed.user_attrs["fail_reason"]
 
     client = MlflowClient(tracking_uri)
@@ -393,7 +403,7 @@ def test_entry_point_resume_reuse_and_failure(tiny_data_dir: Path, tracking_uri:
     show = subprocess.run([PYTHON, "-m", "greenstudy", "study", "show", "--storage", storage, "--study-name", STUDY],
                           env=entry_env(tracking_uri), capture_output=True, text=True, timeout=60)
     assert show.returncode == 0, show.stderr
-    assert "3 complete, 1 fail (1 reused)" in show.stdout
+    assert "trials: 4: trained 2, reused 1, pruned 0, failed 1, interrupted 0" in show.stdout
     assert "trial 2 bs=" in show.stdout and "REUSED from trial 0" in show.stdout
     for t in front_trials(trials, "final"):
         assert t.user_attrs["mlflow_run_id"] in show.stdout
