@@ -23,8 +23,8 @@ from greenstudy import interrupts
 from greenstudy.config import RunConfig
 from greenstudy.study.budget import budget_steps, trial_epochs
 from greenstudy.study.counts import count_trials, counts_text
-from greenstudy.study.fidelity import StudyControl, decide, rung_epochs, rung_fractions
-from greenstudy.study.front import NOT_PROMOTED, OVER_BUDGET, TARGET_NOT_REACHED
+from greenstudy.study.fidelity import StudyControl, decide, rung_epochs, rung_fractions, tally
+from greenstudy.study.front import NOT_PROMOTED, OVER_BUDGET, TARGET_NOT_REACHED, study_energy_kwh
 from greenstudy.study.params import StudyConfig
 from greenstudy.study.sampling import make_sampler, untried
 from greenstudy.study.tune import run_study
@@ -109,6 +109,18 @@ def test_failed_interrupted_and_budget_stopped_configurations_are_untried(tmp_pa
     assert counts_text(counts) == (
         "trained 1, reused 0, pruned 3 (not_promoted 1, over_budget 1, target_not_reached 1), failed 1, interrupted 1"
     )
+
+
+def test_a_trial_whose_worker_died_is_billed_and_counted_interrupted(tmp_path: Path, tracking_uri: str) -> None:
+    """Every finished epoch writes the energy so far: a trial the heartbeat marks FAIL keeps it in the bill."""
+    study = optuna.create_study(directions=["maximize", "minimize"], storage=f"sqlite:///{tmp_path / 'o.db'}")
+    dying = study.ask({"batch_size": BS})
+    tally(dying, EpochReport(1, 10.0, 0.004, 3.0))
+    tally(dying, EpochReport(2, 12.0, 0.009, 6.0))
+    study.tell(dying, state=TrialState.FAIL)  # what the storage heartbeat does to a dead worker's trial
+    [dead] = study.get_trials()
+    assert study_energy_kwh([dead]) == pytest.approx(0.009)
+    assert count_trials([dead])["interrupted"] == 1 and count_trials([dead])["failed"] == 0
 
 
 @pytest.mark.parametrize("sampler", ["nsga2", "tpe", "random", "grid"])
