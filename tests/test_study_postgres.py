@@ -239,6 +239,7 @@ def test_two_workers_share_one_postgres_study(
     credentials = {
         "MLFLOW_TRACKING_USERNAME": WORKER_USER, "MLFLOW_TRACKING_PASSWORD": tracking_server.worker_password,
         "PGPASSWORD": postgres.password,
+        "GREENSTUDY_ENERGY_LOCK": str(tmp_path / "energy.lock"),  # the workers take turns with each other, not other test sessions
     }
 
     workers = []
