@@ -282,3 +282,13 @@ def test_optuna_dashboard_reads_the_study_back(tmp_path: Path) -> None:
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
+
+
+def test_results_show_the_honest_counts() -> None:
+    from greenstudy.results.study import honest_counts
+
+    new = {"trials_trained": 6, "trials_reused": 0, "trials_pruned": 5, "trials_pruned_not_promoted": 4,
+           "trials_pruned_over_budget": 1, "trials_pruned_target_not_reached": 0, "trials_failed": 1, "trials_interrupted": 1}
+    assert honest_counts(new) == "trained 6, reused 0, pruned 5 (not_promoted 4, over_budget 1), failed 1, interrupted 1"
+    old = {"trials_complete": 11, "trials_reused": 5, "trials_pruned": 0, "trials_failed": 0}  # the published study's parent
+    assert honest_counts(old).startswith("trained 6, reused 5, pruned 0, failed 0")
