@@ -29,7 +29,7 @@ import main as entry  # noqa: E402
 
 TINY = ["--model", "efficientnet_b0", "--epochs", "1", "--batch-size", "32", "--train-subset", "128", "--val-size", "64",
         "--test-subset", "64", "--infer-seconds", "0.2", "--infer-b1-repeats", "0", "--calib-batches", "1", "--finetune-epochs", "1",
-        "--download", "false"]
+        "--int8-max-loss", "100", "--download", "false"]
 # Wraps (never replaces) CodeCarbon's tracker in every rank torchrun starts: each one made is written down.
 SITECUSTOMIZE = '''
 import os

@@ -81,7 +81,7 @@ def test_results_are_rebuilt_from_a_small_real_experiment(tracking_uri: str, tmp
     cfg = parse_main(["--model", "resnet18", "--variants", "baseline,quantized", "--data-dir", str(data_dir),
                       "--download", "false", "--epochs", "1", "--batch-size", "64", "--train-subset", "256",
                       "--val-size", "500", "--test-subset", "200", "--infer-seconds", "0.5", "--calib-batches", "2",
-                      "--infer-b1-images", "20", "--infer-b1-repeats", "1",
+                      "--infer-b1-images", "20", "--infer-b1-repeats", "1", "--int8-max-loss", "100",
                       "--experiment", EXPERIMENT, "--checkpoint-dir", str(tmp_path / "ckpt")])
     outcome = run_main(cfg)
     assert not outcome.failed
