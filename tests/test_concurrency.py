@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from greenstudy.measure.ledger import read_ledger_csv
-from tests.conftest import PYTHON, ROOT, TINY_ARGS, entry_env
+from tests.conftest import PYTHON, ROOT, entry_env
 
 MLFLOW = shutil.which("mlflow", path=str(Path(PYTHON).parent)) or "mlflow"
 FAST = {"variants": "baseline", "epochs": "1", "batch_size": "64", "train_subset": "256", "val_size": "100",
@@ -94,7 +94,8 @@ def test_report_while_main_is_in_its_first_epoch(tiny_data_dir: Path, tmp_path: 
     env = _isolated_env(tmp_path, uri)
     command = [PYTHON, str(ROOT / "mlproject" / "main.py"), "--model", "resnet18", "--variants", "baseline",
                "--data-dir", str(tiny_data_dir), "--experiment", "live", "--train-subset", "256", "--epochs", "1",
-               "--batch-size", "32", "--test-subset", "100", *TINY_ARGS[4:]]
+               "--batch-size", "32", "--test-subset", "100", "--val-size", "100", "--infer-seconds", "0.3",
+               "--infer-b1-images", "10", "--infer-b1-repeats", "1", "--download", "false"]
     main = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         with tracking_store(uri):

@@ -16,11 +16,16 @@ from greenstudy import store
 from greenstudy.__main__ import main as greenstudy_main
 from tests.conftest import PYTHON, ROOT, entry_env
 
-# what a process does on first contact: build the tracking store, then the registry store, of one new database
+# what a process does on first contact: build the tracking store, then the registry store, of one new
+# database; it says it has imported MLflow (ready-<pid>) and starts when the test says go (all at once)
 FIRST_CONTACT = """
-import sys, time
+import os, sys, time
+from pathlib import Path
 from mlflow.tracking import MlflowClient
-time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+gate = Path(sys.argv[2])
+(gate / f"ready-{os.getpid()}").touch()
+while not (gate / "go").exists():
+    time.sleep(0.001)
 client = MlflowClient(tracking_uri=sys.argv[1], registry_uri=sys.argv[1])
 print(len(client.search_experiments()), len(client.search_registered_models()))
 """
@@ -55,13 +60,18 @@ def test_creation_lock_is_reentrant_and_excludes_other_processes(tmp_path: Path)
 
 
 def test_processes_opening_a_new_store_together_all_succeed(tmp_path: Path) -> None:
-    """Four processes open the same store that does not exist yet at the same instant (MLflow alone: one
-    or more die in the migrations in most tries). All succeed; the store holds one Default experiment."""
+    """Three processes open the same store that does not exist yet at the same instant (MLflow alone: one
+    or more die in the migrations, 5 tries of 5 here). All succeed; the store holds one Default experiment."""
     db = tmp_path / "new" / "mlflow.db"
     uri = f"sqlite:///{db}"
-    start = time.time() + 6.0  # after every interpreter has imported MLflow
-    procs = [subprocess.Popen([PYTHON, "-c", FIRST_CONTACT, uri, str(start)], env=entry_env(uri), text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(4)]
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    procs = [subprocess.Popen([PYTHON, "-c", FIRST_CONTACT, uri, str(gate)], env=entry_env(uri), text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)]
+    deadline = time.monotonic() + 120
+    while len(list(gate.glob("ready-*"))) < len(procs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (gate / "go").touch()
     results = [(proc.wait(timeout=120), *proc.communicate()) for proc in procs]
     for code, out, err in results:
         assert code == 0, err[-2000:]
