@@ -80,16 +80,22 @@ def warm_up_compiled(setup: TrainSetup, data: CifarData) -> None:
     buffers, the batch generator and the global RNG are left exactly as they were."""
     saved = copy.deepcopy(setup.model.state_dict())
     generator_state = setup.generator.get_state()
-    setup.step_fn = torch.compile(setup.step_fn or setup.model)  # several ranks: the DistributedDataParallel module
+    setup.step_fn = torch.compile(setup.forward())  # several ranks: the DistributedDataParallel module
     devices = [setup.device] if setup.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # dropout/stochastic depth draw as if no warm-up happened
-        images, labels = next(train_batches(data.train, setup.batch_size, setup.generator, setup.augment))
+        ranks = distributed.current()
+        if ranks:  # every rank the same step, at an agreed safe point, on its shard
+            batch = next(train_batches(data.train, setup.batch_size, setup.generator, setup.augment, distributed.safe_point))
+            images, labels = distributed.shard(*batch)
+        else:
+            images, labels = next(train_batches(data.train, setup.batch_size, setup.generator, setup.augment))
         setup.model.train()
         with setup.precision.autocast(setup.device):
             loss = F.cross_entropy(setup.step_fn(setup.normalize(images)), labels)
         loss.backward()
         setup.optimizer.zero_grad(set_to_none=True)
-        evaluate(setup.step_fn, data.val, setup.normalize, setup.precision, setup.device)  # the eval graphs too
+        if not ranks:  # several ranks validate through the plain module (see _epochs): no eval graph to compile
+            evaluate(setup.step_fn, data.val, setup.normalize, setup.precision, setup.device)  # the eval graphs too
     setup.model.load_state_dict(saved)
     setup.generator.set_state(generator_state)
 
@@ -152,6 +158,8 @@ def _fit(
     if compile_wanted(cfg, device):
         with meter.phase(ledger, f"{label}/compile", "setup", devices=distributed.world_size()):
             warm_up_compiled(setup, data)
+            if distributed.current():  # every rank's compile ends inside this phase, not in epoch 1
+                distributed.sum_over_ranks([0.0])
     progress = EpochProgress(label, epochs, result.first_epoch) if distributed.is_leader() else None
     if resume is not None and resume.get("stopped"):  # the control had already ended training
         control.stopped_early = str(resume.get("stopped_early", ""))
@@ -173,7 +181,7 @@ def _epochs(cfg: RunConfig, data: CifarData, meter: EnergyMeter, setup: TrainSet
             if ranks:  # each rank its shard of every batch, through the plain module (no DDP buffer broadcasts)
                 val = evaluate(model, data.val, setup.normalize, precision, device, shared=True)
             else:
-                val = evaluate(setup.step_fn or model, data.val, setup.normalize, precision, device)
+                val = evaluate(setup.forward(), data.val, setup.normalize, precision, device)
         so_far = Ledger(ledger)
         cumulative = so_far.energy(*CUMULATIVE_KINDS)
         metrics = {

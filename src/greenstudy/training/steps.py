@@ -78,6 +78,11 @@ class TrainSetup:
     augment: bool = True
     epoch_steps: int = 0  # optimizer steps of the last epoch (several ranks: each made this many, together)
 
+    def forward(self) -> Callable[..., torch.Tensor]:
+        """The compiled or DistributedDataParallel module when there is one, else the model. Never `step_fn or
+        model`: a compiled module's truth value is its len(), which raises for a model that has none."""
+        return self.step_fn if self.step_fn is not None else self.model
+
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.SGD:
     """SGD with Nesterov momentum 0.9."""
@@ -108,7 +113,7 @@ def train_one_epoch(setup: TrainSetup, train: Split) -> tuple[float, float]:
     loss_sum = torch.zeros((), device=setup.device)
     hits = torch.zeros((), device=setup.device, dtype=torch.long)
     seen = steps = 0
-    forward = setup.step_fn or model
+    forward = setup.forward()
     ranks = distributed.current()
     safe_point = distributed.safe_point if ranks else stop_if_interrupted
     for images, labels in train_batches(train, setup.batch_size, setup.generator, setup.augment, safe_point):
