@@ -217,3 +217,18 @@ def test_a_bad_devices_value_is_one_line_before_anything_starts(tracking_uri: st
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == ["error: sync_bn=true needs CUDA GPUs (torch's SyncBatchNorm does not run on CPUs)"]
+
+
+def test_a_compiled_or_data_parallel_module_is_used_without_asking_its_truth() -> None:
+    """`step_fn or model` asked a compiled module for its len() and failed every compiled run."""
+    from torch import nn
+
+    from greenstudy.training.steps import TrainSetup
+
+    model = nn.Linear(2, 2)
+    compiled = torch.compile(model)
+    with pytest.raises(TypeError):
+        bool(compiled)
+    setup = TrainSetup(model, None, None, None, None, 0.0, 1, torch.device("cpu"), torch.Generator(), step_fn=compiled)
+    assert setup.forward() is compiled
+    assert TrainSetup(model, None, None, None, None, 0.0, 1, torch.device("cpu"), torch.Generator()).forward() is model
