@@ -230,5 +230,6 @@ def test_report_artifacts_render_inline(served: dict[str, object], page: object,
     page.get_by_text("report.html", exact=True).first.click()
     frame = page.frame_locator("iframe").first  # the page previews in an iframe
     frame.get_by_text("How the energy was measured").wait_for()
-    assert frame.locator("img").count() == 3 and "Browser-test CPU" in frame.locator("body").inner_text()
+    # three comparison pictures and the emissions-by-region one
+    assert frame.locator("img").count() == 4 and "Browser-test CPU" in frame.locator("body").inner_text()
     _screenshot(page, shots, "report_html.png")
