@@ -63,7 +63,8 @@ def entry_env(tracking_uri: str) -> dict[str, str]:
     env = dict(os.environ)
     env["MLFLOW_TRACKING_URI"] = tracking_uri
     env["PYTHONPATH"] = str(ROOT / "src")
-    env.pop("MLFLOW_RUN_ID", None)
+    for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):  # set by earlier tests in this process
+        env.pop(leaked, None)
     return env
 
 

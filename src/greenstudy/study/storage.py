@@ -12,6 +12,7 @@ import optuna
 import sqlalchemy
 
 from greenstudy.errors import ConfigError
+from greenstudy.store import creation_lock
 
 SETTINGS_ATTR = "greenstudy_settings"
 STORAGE_CONNECT_TIMEOUT_S = 5
@@ -50,8 +51,8 @@ def first_line(exc: BaseException) -> str:
 
 def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.RDBStorage:
     """An Optuna RDB storage for any SQLAlchemy URL; bad or unreachable URLs fail within seconds
-    with one clear line. PostgreSQL gets a connect timeout; concurrent first use by several
-    workers (table creation races) is retried."""
+    with one clear line. PostgreSQL gets a connect timeout; concurrent first use by several workers
+    is serialised on SQLite (a lock beside the file) and retried on a server."""
     shown = masked_url(url)
     try:
         parsed = sqlalchemy.engine.make_url(url)
@@ -71,7 +72,9 @@ def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.RDBStorage
     heartbeat_kwargs = {"heartbeat_interval": HEARTBEAT_INTERVAL_S, "grace_period": HEARTBEAT_GRACE_S} if heartbeat else {}
     for attempt in range(4):
         try:
-            with warnings.catch_warnings():
+            # SQLite: the first worker creates the tables while the others wait (two creating them at once
+            # fail with "table studies already exists", an OperationalError the retry below does not see)
+            with creation_lock(url), warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs)
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
