@@ -204,20 +204,25 @@ def timed_figures(own: Sequence[PhaseLike], upstream: Sequence[PhaseLike], serie
     ran, and the best start of the run's own power profile. A phase outside the series gives no metric
     and a tag `emissions_timed` saying why (the stated fallback, never a zero)."""
     try:
-        own_kg, upstream_kg = price(own, series), price(upstream, series)
-        best = best_start(own, series)
+        own_kg = price(own, series)
     except SeriesGap as gap:
         return {}, {"emissions_timed": f"not computed: {gap}"}
     energy = sum(p.energy_kwh for p in own)
-    metrics = {
-        "emissions_kg_timed": own_kg,
-        "lifecycle_emissions_kg_timed": own_kg + upstream_kg,
-        "intensity_timed_g_per_kwh": 1000.0 * own_kg / energy if energy > 0 else 0.0,
-        "best_start_emissions_kg": best.kg,
-        "best_start_saving_pct": best.saving_pct,
-        "best_start_unix": best.start,
-    }
-    return metrics, {"emissions_timed": f"priced on {series.source} ({series.span()})", "best_start_utc": utc(best.start)}
+    metrics = {"emissions_kg_timed": own_kg, "intensity_timed_g_per_kwh": 1000.0 * own_kg / energy if energy > 0 else 0.0}
+    tags = {"emissions_timed": f"priced on {series.source} ({series.span()})"}
+    try:  # a baseline priced elsewhere (e.g. from_run, last week) leaves this run's own figure standing
+        metrics["lifecycle_emissions_kg_timed"] = own_kg + price(upstream, series)
+    except SeriesGap as gap:
+        tags["lifecycle_emissions_timed"] = f"not computed: {gap}"
+    latest = max((getattr(p, "sitting", 1) for p in own), default=1)
+    profile = [p for p in own if getattr(p, "sitting", 1) == latest]  # a resumed run: its last sitting's profile
+    try:
+        best = best_start(profile, series)
+    except SeriesGap as gap:
+        tags["best_start_utc"] = f"not computed: {gap}"
+        return metrics, tags
+    metrics.update(best_start_emissions_kg=best.kg, best_start_saving_pct=best.saving_pct, best_start_unix=best.start)
+    return metrics, {**tags, "best_start_utc": utc(best.start)}
 
 
 def first_below(series: IntensitySeries, threshold: float, now: float) -> float | None:

@@ -71,7 +71,7 @@ def wait_for_low_carbon(meter: Meter, ledger: list[PhaseEnergy], config: RunConf
                         clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep,
                         poll_s: float = 1.0) -> float:
     """With `start_below_gco2`: wait for the first interval below it, measured as one phase appended to
-    `ledger` (kind WAIT_KIND; cut short by Ctrl-C it is `interrupted`). Returns the seconds waited;
+    `ledger` (kind WAIT_KIND; cut short by Ctrl-C it stays `idle`, flagged `cut_short`, never in energy_kwh). Returns the seconds waited;
     0 and no phase when it is low already or no threshold is set."""
     series = series_of(config)
     if series is None or config.start_below_gco2 is None:

@@ -198,13 +198,17 @@ class PhaseJournal(list):
 
 
 def read_journal(path: Path) -> list[PhaseEnergy]:
-    """The phases a journal holds (a torn last line, from a kill mid-write, is dropped)."""
+    """The phases a journal holds. A torn last line (a kill mid-write) is dropped; a bad line anywhere else
+    would silently lose a phase's energy, so it raises."""
+    lines = path.read_text().splitlines()
     phases = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(lines, 1):
         try:
             phases.append(phase_from_row(json.loads(line)))
-        except (ValueError, KeyError):
-            continue
+        except (ValueError, KeyError) as exc:
+            if number == len(lines):
+                break
+            raise ValueError(f"energy journal {path} line {number} is unreadable ({exc}): the ledger would lose a phase") from exc
     return phases
 
 

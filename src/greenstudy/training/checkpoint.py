@@ -110,6 +110,10 @@ class Checkpointer:
         if self.journal_path.is_file():
             phases = read_journal(self.journal_path)
         redo_unsaved_epochs(phases, int(resume["epoch"]) if resume else 0)
+        if resume is None:  # no checkpoint: the earlier sittings' setup (prune, calibrate, compile) is done again
+            for phase in phases:
+                if phase.kind == "setup":
+                    phase.kind = "interrupted"
         write_journal(self.journal_path, phases)
         return PhaseJournal(phases, self.journal_path, max((p.sitting for p in phases), default=0) + 1)
 

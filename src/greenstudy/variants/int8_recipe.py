@@ -86,10 +86,11 @@ def quantize_fx(model: nn.Module, calibration: Sequence[torch.Tensor], keep_fp32
     torch.backends.quantized.engine = "x86"
     qconfig = QConfig(activation=HistogramObserver.with_args(reduce_range=reduce_range),
                       weight=default_per_channel_weight_observer)
-    mapping = get_default_qconfig_mapping("x86").set_global(None if quantize_only else qconfig)
-    if quantize_only:
-        mapping.set_module_name(quantize_only, qconfig)
-    for name in keep_fp32:
+    # module names outrank the mapping's object types (its fixed-qparams sigmoid/tanh/softmax), so a block named
+    # None stays fp32 whole; to quantize one block alone, every *other* block is named None
+    mapping = get_default_qconfig_mapping("x86").set_global(qconfig)
+    others = [group for group in quantizable_groups(model) if group != quantize_only] if quantize_only else []
+    for name in (*keep_fp32, *others):
         mapping.set_module_name(name, None)
     model = copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format).eval()
     with warnings.catch_warnings():
