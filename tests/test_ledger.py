@@ -222,3 +222,16 @@ def test_the_journal_keeps_every_sitting_once(tmp_path: Path) -> None:
     assert third.sitting == 3 and Ledger(list(third)).energy(*MAKE_AND_CHECK) == pytest.approx(8.0)
     checkpointer.remove()
     assert not checkpointer.journal_path.exists()
+
+
+def test_setup_redone_without_a_checkpoint_is_interrupted(tmp_path: Path) -> None:
+    """A prune (or calibration) that finished before a kill with no checkpoint is done again: the first one
+    was spent but is no longer the run's setup; a torn journal line elsewhere than at the end raises."""
+    checkpointer = Checkpointer(tmp_path / "pruned")
+    checkpointer.open_journal(None).append(PhaseEnergy("p/prune", "setup", energy_kwh=1.0, ram_kwh=1.0, seconds=1.0))
+    again = checkpointer.open_journal(None)
+    assert [(p.kind, p.sitting) for p in again] == [("interrupted", 1)] and again.sitting == 2
+    lines = checkpointer.journal_path.read_text()
+    checkpointer.journal_path.write_text('{"torn\n' + lines)
+    with pytest.raises(ValueError, match="line 1 is unreadable"):
+        read_journal(checkpointer.journal_path)
