@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/overhead.py --model efficientnet_b0 [--reps 4 --epochs 2 --train-images 2560]
 
 `tracked` is the real code path of a variant's training: a child MLflow run (real SQLite store in a
-temp dir) with its params, greenstudy.training.fitting.fit (a CodeCarbon phase for train and one for validation,
-one log_epoch per epoch), the ledger's final metrics and energy_ledger.csv as an artifact. `plain` builds
+temp dir, MLflow system metrics sampled as in every real child) with its params,
+greenstudy.training.fitting.fit (a CodeCarbon phase for train and one for validation, one log_epoch per epoch),
+the ledger's final metrics and energy_ledger.csv as an artifact. `plain` builds
 the same TrainSetup and runs the same train_one_epoch + evaluate, with nothing tracked. Left out of both:
 checkpoints (not tracking), the machine lock (waiting on other runs would be noise), model logging.
 The two alternate (the order flips every repetition) and the overhead is the median of the paired
@@ -79,7 +80,8 @@ def tracked_training(cfg: RunConfig, data: CifarData, device: torch.device, mete
     returns (wall seconds, seconds inside the measured train/val phases)."""
     started = time.perf_counter()
     ledger: list[PhaseEnergy] = []
-    with run_scope(f"overhead-{rep}", cfg.experiment_name, nested=True, tags={"variant": "baseline", "kind": "variant"}):
+    with run_scope(f"overhead-{rep}", cfg.experiment_name, nested=True, tags={"variant": "baseline", "kind": "variant"},
+                   system_metrics=True):
         mlflow.log_params(contract_params(cfg, "baseline", device))
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model, data.num_classes).to(device).to(memory_format=torch.channels_last)

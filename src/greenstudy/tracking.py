@@ -47,6 +47,9 @@ CONTRACT_TAGS = (
     "cpu_model", "gpu_model", "cpu_capability", "precision",
 )
 PIP_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1"]
+# MLflow's system metrics (CPU/GPU utilisation, memory, GPU power where NVML has it) on every training child:
+# one psutil/NVML sample per interval in a background thread (benchmarks/overhead.py measures what it costs)
+SYSTEM_METRICS_INTERVAL_S = float(os.environ.get("GREENSTUDY_SYSTEM_METRICS_INTERVAL_S", "10"))
 
 
 def ensure_tracking_reachable(timeout_s: float = 5.0) -> str:
@@ -70,19 +73,25 @@ def ensure_tracking_reachable(timeout_s: float = 5.0) -> str:
 @contextmanager
 def run_scope(
     run_name: str, experiment: str, nested: bool = False, tags: dict[str, str] | None = None, run_id: str | None = None,
+    system_metrics: bool = False,
 ) -> Iterator[mlflow.ActiveRun]:
     """Start (or attach to, under `mlflow run`; or reopen `run_id` in place) a run and always end it
     with an honest status: FINISHED on success, KILLED on Ctrl-C and for a skipped variant (reason in
-    the `skipped` tag), FAILED on any other exception (with the error tagged)."""
+    the `skipped` tag), FAILED on any other exception (with the error tagged). `system_metrics`: MLflow
+    samples CPU/GPU utilisation and memory into the run's System metrics while it is open."""
+    sampling = {"log_system_metrics": True} if system_metrics else {}
+    if system_metrics:
+        mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
     if run_id:
-        run = mlflow.start_run(run_id=run_id, nested=nested)
+        run = mlflow.start_run(run_id=run_id, nested=nested, **sampling)
     elif not nested and os.environ.get("MLFLOW_RUN_ID"):
-        run = mlflow.start_run()  # `mlflow run` created this run already; attach to it
+        run = mlflow.start_run(**sampling)  # `mlflow run` created this run already; attach to it
     elif nested:  # in the parent's experiment, also when the parent was reopened by `resume`
-        run = mlflow.start_run(run_name=run_name, nested=True, tags=tags, experiment_id=mlflow.active_run().info.experiment_id)
+        run = mlflow.start_run(run_name=run_name, nested=True, tags=tags, experiment_id=mlflow.active_run().info.experiment_id,
+                               **sampling)
     else:
         mlflow.set_experiment(experiment)
-        run = mlflow.start_run(run_name=run_name, tags=tags)
+        run = mlflow.start_run(run_name=run_name, tags=tags, **sampling)
     if tags and not nested:
         mlflow.set_tags(tags)
     try:

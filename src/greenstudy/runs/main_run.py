@@ -100,6 +100,7 @@ def run_variant(
     try:
         with machine_lock(f"{cfg.model}/{variant}"), run_scope(
             f"{cfg.model}-{variant}", cfg.experiment_name, nested=True, tags=child_tags, run_id=resume_run_id or None,
+            system_metrics=True,
         ) as run:
             run_id = run.info.run_id
             if not resume_run_id:

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from greenstudy.config import RunConfig
@@ -21,8 +20,9 @@ from greenstudy.progress import EpochProgress
 from greenstudy.tracking import log_epoch
 from greenstudy.training import distributed
 from greenstudy.training.checkpoint import Checkpointer, fingerprint, restore_rng, rng_state
+from greenstudy.training.compiling import decide_compile, warm_up_compiled
 from greenstudy.training.control import EpochReport, TrainingControl
-from greenstudy.training.data import CifarData, Normalizer, train_batches
+from greenstudy.training.data import CifarData, Normalizer
 from greenstudy.training.steps import TrainSetup, evaluate, make_optimizer, make_scheduler, steps_per_epoch, train_one_epoch
 
 # what a run has spent making its model so far: epochs, one-time setup (compile, prune) and cut-short work
@@ -35,6 +35,7 @@ class FitResult:
 
     history: list[dict[str, float]] = field(default_factory=list)
     first_epoch: int = 1  # > 1 when this sitting resumed from a checkpoint
+    tags: dict[str, str] = field(default_factory=dict)  # compiled or eager, and why
 
 
 @dataclass
@@ -49,10 +50,6 @@ class FitOrder:
     lr: float
     label: str
     resume: dict[str, object] | None = None
-
-
-def compile_wanted(cfg: RunConfig, device: torch.device) -> bool:
-    return cfg.compile == "true" or (cfg.compile == "auto" and device.type == "cuda")
 
 
 def _setup(cfg: RunConfig, data: CifarData, model: nn.Module, precision: Precision, epochs: int, lr: float,
@@ -72,32 +69,6 @@ def _setup(cfg: RunConfig, data: CifarData, model: nn.Module, precision: Precisi
         scaler=torch.amp.GradScaler(device.type) if precision.needs_scaler else None,
         step_fn=distributed.wrap(model, device, cfg.sync_bn) if distributed.current() else None,
     )
-
-
-def warm_up_compiled(setup: TrainSetup, data: CifarData) -> None:
-    """Compile `setup.model` and run one training step's forward/backward and one validation pass, so
-    the compiles (train and eval graphs) happen here, in their own phase, not inside epoch 1; weights,
-    buffers, the batch generator and the global RNG are left exactly as they were."""
-    saved = copy.deepcopy(setup.model.state_dict())
-    generator_state = setup.generator.get_state()
-    setup.step_fn = torch.compile(setup.forward())  # several ranks: the DistributedDataParallel module
-    devices = [setup.device] if setup.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):  # dropout/stochastic depth draw as if no warm-up happened
-        ranks = distributed.current()
-        if ranks:  # every rank the same step, at an agreed safe point, on its shard
-            batch = next(train_batches(data.train, setup.batch_size, setup.generator, setup.augment, distributed.safe_point))
-            images, labels = distributed.shard(*batch)
-        else:
-            images, labels = next(train_batches(data.train, setup.batch_size, setup.generator, setup.augment))
-        setup.model.train()
-        with setup.precision.autocast(setup.device):
-            loss = F.cross_entropy(setup.step_fn(setup.normalize(images)), labels)
-        loss.backward()
-        setup.optimizer.zero_grad(set_to_none=True)
-        if not ranks:  # several ranks validate through the plain module (see _epochs): no eval graph to compile
-            evaluate(setup.step_fn, data.val, setup.normalize, setup.precision, setup.device)  # the eval graphs too
-    setup.model.load_state_dict(saved)
-    setup.generator.set_state(generator_state)
 
 
 def _save(checkpointer: Checkpointer, cfg: RunConfig, setup: TrainSetup, epoch: int,
@@ -155,11 +126,16 @@ def _fit(
         result.history = list(resume["history"])
         result.first_epoch = int(resume["epoch"]) + 1
         control.reached = resume["reached"]
-    if compile_wanted(cfg, device):
+    images_left = (epochs - result.first_epoch + 1) * steps_per_epoch(len(data.train), cfg.batch_size) * cfg.batch_size
+    decision = decide_compile(cfg, device, precision.name, images_left)
+    result.tags = {"compile": "compiled" if decision.compile else "eager", "compile_reason": decision.reason}
+    if decision.compile and images_left > 0:
         with meter.phase(ledger, f"{label}/compile", "setup", devices=distributed.world_size()):
-            warm_up_compiled(setup, data)
+            failure = warm_up_compiled(setup, data)
             if distributed.current():  # every rank's compile ends inside this phase, not in epoch 1
                 distributed.sum_over_ranks([0.0])
+        if failure:
+            result.tags = {"compile": "eager", "compile_reason": f"{decision.reason}; compile failed, eager instead: {failure}"}
     progress = EpochProgress(label, epochs, result.first_epoch) if distributed.is_leader() else None
     if resume is not None and resume.get("stopped"):  # the control had already ended training
         control.stopped_early = str(resume.get("stopped_early", ""))

@@ -54,12 +54,14 @@ def run_pruned(job: VariantJob) -> VariantRecord:
             prune_channels(model, cfg.prune_ratio, cfg.prune_importance)
     epochs = cfg.effective_finetune_epochs
     history: list[dict[str, float]] = []
+    fit_tags: dict[str, str] = {}
     if epochs:
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
-        history = fit(cfg, bench.data, bench.meter, model, Precision(), epochs, cfg.lr * 0.5, label, ledger, job.control,
-                      job.checkpointer, job.resume).history
-    tags = {"precision": "fp32", "derived_from": upstream.run_id, "finetune_epochs": str(epochs)}
+        fitted = fit(cfg, bench.data, bench.meter, model, Precision(), epochs, cfg.lr * 0.5, label, ledger, job.control,
+                     job.checkpointer, job.resume)
+        history, fit_tags = fitted.history, fitted.tags
+    tags = {"precision": "fp32", "derived_from": upstream.run_id, "finetune_epochs": str(epochs), **fit_tags}
     record = VariantRecord(model, Ledger(ledger), job.control, upstream, history, tags=tags)
     record = finish(job, record, Precision(), label)
     record.extra = {"macs_before": macs_before, "params_before": params_before,
