@@ -231,6 +231,31 @@ def peak_flops(device: torch.device, dtype: torch.dtype, size: int = 4096, repea
     return 2 * size**3 / best, size
 
 
+def conv_peak_flops(device: torch.device, dtype: torch.dtype, repeats: int = 3, budget_s: float = 20.0) -> float:
+    """Best FLOP/s of a large 3x3 convolution (channels_last, 256 -> 256 channels on 16x16, the shape class of
+    ResNet-18's later stages; 2 x MACs FLOP) over `repeats` timed runs after one warm-up: the ceiling a CNN
+    training step can approach in `dtype` here, which a square matmul is not (Winograd paths beat it). The
+    batch shrinks from 32 until the runs fit `budget_s` (an emulated dtype is many times slower)."""
+    weight = torch.randn(256, 256, 3, 3, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
+    batch = 32
+    while True:
+        x = torch.randn(batch, 256, 16, 16, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
+        synchronize(device)
+        started = time.perf_counter()
+        torch.nn.functional.conv2d(x, weight, padding=1)  # warm-up: oneDNN picks and caches its kernel
+        synchronize(device)
+        if batch == 1 or (repeats + 1) * (time.perf_counter() - started) <= budget_s:
+            break
+        batch //= 2
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        torch.nn.functional.conv2d(x, weight, padding=1)
+        synchronize(device)
+        best = min(best, time.perf_counter() - started)
+    return 2 * batch * 256 * 256 * 9 * 16 * 16 / best
+
+
 def load_average() -> str:
     one, five, fifteen = os.getloadavg()
     return f"{one:.2f} {five:.2f} {fifteen:.2f}"

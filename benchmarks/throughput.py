@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from _common import (  # noqa: E402
     DEFAULT_DATA_DIR,
     Result,
     UsualRecipe,
+    conv_peak_flops,
     energy_phase,
     find_data,
     hardware_line,
@@ -46,6 +46,7 @@ from _common import (  # noqa: E402
     peak_flops,
     synchronize,
 )
+from _throughput_report import paired, print_report  # noqa: E402, F401  (paired: re-exported for the tests)
 
 from greenstudy.cli import one_line_parser, run_cli  # noqa: E402
 from greenstudy.config import MODELS  # noqa: E402
@@ -71,12 +72,14 @@ class OurPipeline:
 
     def __init__(
         self, model_name: str, data: CifarData, batch_size: int, device: torch.device, precision: Precision,
-        channels_last: bool, compiled: bool, total_steps: int,
+        channels_last: bool, compiled: bool, total_steps: int, bf16_math: bool = False,
     ):
         torch.manual_seed(0)
-        self.label = f"ours {precision.name} ({'channels_last' if channels_last else 'contiguous'}" + (
-            ", compiled)" if compiled else ")")
-        self.precision = precision.name
+        name = "fp32+bf16 conv math" if bf16_math else precision.name
+        self.label = f"ours {name} ({'channels_last' if channels_last else 'contiguous'}" + (", compiled)" if compiled else ")")
+        self.precision = "bf16" if bf16_math else precision.name  # the ceiling its convolutions run against
+        self.bf16_math = bf16_math  # fp32 tensors, oneDNN convolutions and matmuls computed in bf16
+        self.compiled, self.eager_twin = compiled, self.label.replace(", compiled)", ")")
         self.train = data.train
         self.batch_size = batch_size
         model = build_model(model_name, data.num_classes).to(device)
@@ -99,10 +102,15 @@ class OurPipeline:
         pick = torch.randperm(len(self.train), device=self.train.images.device, generator=self.picker)
         pick = pick[: steps * self.batch_size]
         part = Split(self.train.images[pick], self.train.labels[pick])
-        synchronize(self.setup.device)
-        started = time.perf_counter()
-        train_one_epoch(self.setup, part)
-        synchronize(self.setup.device)
+        math = "bf16" if self.bf16_math else "none"
+        torch.backends.mkldnn.conv.fp32_precision = torch.backends.mkldnn.matmul.fp32_precision = math
+        try:
+            synchronize(self.setup.device)
+            started = time.perf_counter()
+            train_one_epoch(self.setup, part)
+            synchronize(self.setup.device)
+        finally:
+            torch.backends.mkldnn.conv.fp32_precision = torch.backends.mkldnn.matmul.fp32_precision = "none"
         return steps * self.batch_size, time.perf_counter() - started
 
     def close(self) -> None:
@@ -116,18 +124,21 @@ def mixed_choice(device: torch.device, amp_dtype: str) -> PrecisionChoice:
     return choose_mixed_precision(describe(device), amp_dtype)
 
 
-def candidates(device: torch.device, compile_mode: str, mixed: Precision | None) -> list[tuple[Precision, bool, bool]]:
-    """(precision, channels_last, compiled) for every configuration of ours to try; the first is
-    our fp32 default (channels_last, compile as `auto` resolves it on this device)."""
+def candidates(device: torch.device, compile_mode: str, mixed: Precision | None,
+               native_bf16: bool = False) -> list[tuple[Precision, bool, bool, bool]]:
+    """(precision, channels_last, compiled, bf16 conv math) for every configuration of ours to try; the first
+    is our fp32 default (channels_last, eager). With native bf16 on a CPU, fp32 with oneDNN's bf16 math too."""
     default_compile = device.type == "cuda"
     compiles = {"true": [True, False], "false": [False], "auto": [True, False] if default_compile else [False]}[compile_mode]
     fp32 = Precision()
-    combos = [(fp32, True, default_compile and compile_mode != "false")]
+    combos = [(fp32, True, default_compile and compile_mode != "false", False)]
     for precision in [fp32] + ([mixed] if mixed is not None else []):
         for channels_last in (True, False):
             for compiled in compiles:
-                if (precision, channels_last, compiled) not in combos:
-                    combos.append((precision, channels_last, compiled))
+                if (precision, channels_last, compiled, False) not in combos:
+                    combos.append((precision, channels_last, compiled, False))
+    if device.type == "cpu" and native_bf16:
+        combos += [(fp32, True, compiled, True) for compiled in compiles]
     return combos
 
 
@@ -156,8 +167,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
         raise ConfigError(f"unknown model {args.model!r}: choose one of {', '.join(MODELS)}")
     if args.compile not in ("auto", "true", "false"):
         raise ConfigError(f"--compile must be auto, true or false, got {args.compile!r}")
-    if args.amp_dtype not in (*AMP_DTYPES, "off"):
-        raise ConfigError(f"--amp-dtype must be one of {', '.join((*AMP_DTYPES, 'off'))}, got {args.amp_dtype!r}")
+    amp_dtypes = (*(dtype for dtype in AMP_DTYPES if dtype != "bf16-math"), "off")  # bf16 math: its own rows
+    if args.amp_dtype not in amp_dtypes:
+        raise ConfigError(f"--amp-dtype must be one of {', '.join(amp_dtypes)}, got {args.amp_dtype!r}")
     args.rounds = args.rounds or max(1, args.steps // 4)
     for name in ("batch_size", "steps", "rounds", "peak_size"):
         if getattr(args, name) < 1:
@@ -256,16 +268,20 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"skipped: mixed precision (bf16/fp16) not measured: {choice.reason.replace('amp_dtype=', '--amp-dtype ')}")
 
-    peaks, peak_sizes = {}, {}
+    peaks, peak_sizes, conv_peaks = {}, {}, {}
     for precision in [Precision()] + ([choice.precision] if choice.runs else []):
-        peaks[precision.name], peak_sizes[precision.name] = peak_flops(device, precision.dtype or torch.float32, args.peak_size)
-        print(f"  peak {precision.name}: {peaks[precision.name] / 1e9:.1f} GFLOP/s ({peak_sizes[precision.name]}^2 matmul)", flush=True)
+        dtype = precision.dtype or torch.float32
+        peaks[precision.name], peak_sizes[precision.name] = peak_flops(device, dtype, args.peak_size)
+        conv_peaks[precision.name] = conv_peak_flops(device, dtype)
+        print(f"  peak {precision.name}: {peaks[precision.name] / 1e9:.1f} GFLOP/s ({peak_sizes[precision.name]}^2 matmul), "
+              f"{conv_peaks[precision.name] / 1e9:.1f} GFLOP/s (3x3 conv)", flush=True)
     peak_seconds = time.perf_counter() - began
 
     runners: list[UsualRecipe | OurPipeline] = [UsualRecipe(args.model, folder, args.batch_size, args.workers, device, LR, LABEL_SMOOTHING)]
-    for precision, channels_last, compiled in candidates(device, args.compile, choice.precision):
+    native_bf16 = native is not None and native.dtype == torch.bfloat16 and choice.runs
+    for precision, channels_last, compiled, bf16_math in candidates(device, args.compile, choice.precision, native_bf16):
         runners.append(OurPipeline(args.model, data, args.batch_size, device, precision, channels_last, compiled,
-                                   args.warmup + args.steps))
+                                   args.warmup + args.steps, bf16_math))
     if args.only:
         keep = [part.strip() for part in args.only.split(",") if part.strip()]
         runners = [r for r in runners if r is runners[0] or r is runners[1] or any(k in r.label for k in keep)]
@@ -289,58 +305,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in peaks:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
         peaks[name] = max(peaks[name], peak_flops(device, dtype, peak_sizes[name])[0])
+        conv_peaks[name] = max(conv_peaks[name], conv_peak_flops(device, dtype))
 
-    print_report(args, results, runners, macs, peaks, peak_sizes, energy_method, hardware, choice)
+    print_report(args, results, runners, macs, (peaks, peak_sizes, conv_peaks), energy_method, hardware, choice)
     print(f"total time: {(time.perf_counter() - began) / 60:.1f} min")
     return 0
-
-
-def paired(result: Result, usual: Result) -> float:
-    """Median over rounds of this configuration's images/s over the usual recipe's in the same round."""
-    return statistics.median(mine / theirs for mine, theirs in zip(result.rounds, usual.rounds, strict=True))
-
-
-def print_report(
-    args: argparse.Namespace, results: dict[str, Result], runners: list, macs: int, peaks: dict[str, float],
-    peak_sizes: dict[str, int], energy_method: str, hardware: str, choice: PrecisionChoice,
-) -> None:
-    usual, fp32 = results[runners[0].label], results[runners[1].label]
-    ours = [results[r.label] for r in runners[1:]]
-    best = max(ours, key=lambda r: r.images_per_second)
-    flop_per_image = 3 * 2 * macs
-    print()
-    print(hardware)
-    print("peak (n^2 matmul): " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s (n={peak_sizes[k]})" for k, v in peaks.items()))
-    print(f"forward MACs per image: {macs / 1e6:.1f} M -> {flop_per_image / 1e9:.2f} GFLOP per training image (3 x 2 x MACs)")
-    print(f"energy: CodeCarbon ({energy_method})")
-    if not choice.runs:
-        print(f"skipped: mixed precision ({choice.reason.replace('amp_dtype=', '--amp-dtype ')})")
-    print()
-    rounds = {r.label: "/".join(f"{x:.0f}" for x in r.rounds) for r in [usual, *ours]}
-    width = max(9, *(len(text) for text in rounds.values()))
-    header = (f"{'configuration':<40} {'img/s':>8} {'per round':>{width}} {'Wh/1k img':>10} {'speed':>6} {'paired':>6} "
-              f"{'energy':>7} {'MFU':>6}")
-    print(header)
-    print("-" * len(header))
-    for result in [usual, *ours]:
-        speed = result.images_per_second / usual.images_per_second
-        energy = result.wh_per_1k / usual.wh_per_1k if usual.wh_per_1k else float("nan")
-        mfu = flop_per_image * result.images_per_second / peaks[result.precision]
-        print(f"{result.label:<40} {result.images_per_second:>8.1f} {rounds[result.label]:>{width}} {result.wh_per_1k:>10.4f} "
-              f"{speed:>6.2f} {paired(result, usual):>6.2f} {energy:>7.2f} {100 * mfu:>5.1f}%")
-    print("(speed and energy relative to the usual recipe; paired = median over rounds of the speed ratio within a round, "
-          "steadier than speed on a loaded machine; MFU = achieved training FLOP/s over the matmul peak of its precision)")
-    print()
-    print(hardware)
-    print(f"fp32 = {fp32.label}")
-    print(f"best = {best.label}")
-    print(f"fp32/usual = {fp32.images_per_second / usual.images_per_second:.2f}")
-    print(f"best/usual = {best.images_per_second / usual.images_per_second:.2f}")
-    print(f"paired fp32/usual = {paired(fp32, usual):.2f}, paired best/usual = {paired(best, usual):.2f} (median of per-round ratios)")
-    if usual.wh_per_1k:
-        print(f"energy per 1k images: fp32 {fp32.wh_per_1k / usual.wh_per_1k:.2f}x, "
-              f"best {best.wh_per_1k / usual.wh_per_1k:.2f}x the usual recipe's")
-    print(f"load average at the end: {load_average()}")
 
 
 if __name__ == "__main__":
