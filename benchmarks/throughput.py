@@ -72,13 +72,12 @@ class OurPipeline:
 
     def __init__(
         self, model_name: str, data: CifarData, batch_size: int, device: torch.device, precision: Precision,
-        channels_last: bool, compiled: bool, total_steps: int, bf16_math: bool = False,
+        channels_last: bool, compiled: bool, total_steps: int,
     ):
         torch.manual_seed(0)
-        name = "fp32+bf16 conv math" if bf16_math else precision.name
-        self.label = f"ours {name} ({'channels_last' if channels_last else 'contiguous'}" + (", compiled)" if compiled else ")")
-        self.precision = "bf16" if bf16_math else precision.name  # the ceiling its convolutions run against
-        self.bf16_math = bf16_math  # fp32 tensors, oneDNN convolutions and matmuls computed in bf16
+        self.label = f"ours {precision.name} ({'channels_last' if channels_last else 'contiguous'}" + (
+            ", compiled)" if compiled else ")")
+        self.precision = precision.name
         self.compiled, self.eager_twin = compiled, self.label.replace(", compiled)", ")")
         self.train = data.train
         self.batch_size = batch_size
@@ -102,15 +101,10 @@ class OurPipeline:
         pick = torch.randperm(len(self.train), device=self.train.images.device, generator=self.picker)
         pick = pick[: steps * self.batch_size]
         part = Split(self.train.images[pick], self.train.labels[pick])
-        math = "bf16" if self.bf16_math else "none"
-        torch.backends.mkldnn.conv.fp32_precision = torch.backends.mkldnn.matmul.fp32_precision = math
-        try:
-            synchronize(self.setup.device)
-            started = time.perf_counter()
-            train_one_epoch(self.setup, part)
-            synchronize(self.setup.device)
-        finally:
-            torch.backends.mkldnn.conv.fp32_precision = torch.backends.mkldnn.matmul.fp32_precision = "none"
+        synchronize(self.setup.device)
+        started = time.perf_counter()
+        train_one_epoch(self.setup, part)
+        synchronize(self.setup.device)
         return steps * self.batch_size, time.perf_counter() - started
 
     def close(self) -> None:
@@ -124,21 +118,19 @@ def mixed_choice(device: torch.device, amp_dtype: str) -> PrecisionChoice:
     return choose_mixed_precision(describe(device), amp_dtype)
 
 
-def candidates(device: torch.device, compile_mode: str, mixed: Precision | None,
-               native_bf16: bool = False) -> list[tuple[Precision, bool, bool, bool]]:
-    """(precision, channels_last, compiled, bf16 conv math) for every configuration of ours to try; the first
-    is our fp32 default (channels_last, eager). With native bf16 on a CPU, fp32 with oneDNN's bf16 math too."""
+def candidates(device: torch.device, compile_mode: str, mixed: Precision | None) -> list[tuple[Precision, bool, bool]]:
+    """(precision, channels_last, compiled) for every configuration of ours to try; the first is our fp32
+    default (channels_last, eager on a CPU). torch 2.14.1's oneDNN fp32 math mode (`torch.backends.mkldnn.conv.
+    fp32_precision = "bf16"`) is not among them: it leaves CPU convolutions bit-identical to fp32 (README)."""
     default_compile = device.type == "cuda"
     compiles = {"true": [True, False], "false": [False], "auto": [True, False] if default_compile else [False]}[compile_mode]
     fp32 = Precision()
-    combos = [(fp32, True, default_compile and compile_mode != "false", False)]
+    combos = [(fp32, True, default_compile and compile_mode != "false")]
     for precision in [fp32] + ([mixed] if mixed is not None else []):
         for channels_last in (True, False):
             for compiled in compiles:
-                if (precision, channels_last, compiled, False) not in combos:
-                    combos.append((precision, channels_last, compiled, False))
-    if device.type == "cpu" and native_bf16:
-        combos += [(fp32, True, compiled, True) for compiled in compiles]
+                if (precision, channels_last, compiled) not in combos:
+                    combos.append((precision, channels_last, compiled))
     return combos
 
 
@@ -167,9 +159,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
         raise ConfigError(f"unknown model {args.model!r}: choose one of {', '.join(MODELS)}")
     if args.compile not in ("auto", "true", "false"):
         raise ConfigError(f"--compile must be auto, true or false, got {args.compile!r}")
-    amp_dtypes = (*(dtype for dtype in AMP_DTYPES if dtype != "bf16-math"), "off")  # bf16 math: its own rows
-    if args.amp_dtype not in amp_dtypes:
-        raise ConfigError(f"--amp-dtype must be one of {', '.join(amp_dtypes)}, got {args.amp_dtype!r}")
+    if args.amp_dtype not in (*AMP_DTYPES, "off"):
+        raise ConfigError(f"--amp-dtype must be one of {', '.join((*AMP_DTYPES, 'off'))}, got {args.amp_dtype!r}")
     args.rounds = args.rounds or max(1, args.steps // 4)
     for name in ("batch_size", "steps", "rounds", "peak_size"):
         if getattr(args, name) < 1:
@@ -278,10 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     peak_seconds = time.perf_counter() - began
 
     runners: list[UsualRecipe | OurPipeline] = [UsualRecipe(args.model, folder, args.batch_size, args.workers, device, LR, LABEL_SMOOTHING)]
-    native_bf16 = native is not None and native.dtype == torch.bfloat16 and choice.runs
-    for precision, channels_last, compiled, bf16_math in candidates(device, args.compile, choice.precision, native_bf16):
+    for precision, channels_last, compiled in candidates(device, args.compile, choice.precision):
         runners.append(OurPipeline(args.model, data, args.batch_size, device, precision, channels_last, compiled,
-                                   args.warmup + args.steps, bf16_math))
+                                   args.warmup + args.steps))
     if args.only:
         keep = [part.strip() for part in args.only.split(",") if part.strip()]
         runners = [r for r in runners if r is runners[0] or r is runners[1] or any(k in r.label for k in keep)]

@@ -80,13 +80,11 @@ def test_this_machine_measures_its_native_precision_beside_its_capability(
     lines = _run(capsys, tiny_data_dir, "--steps", "2", "--rounds", "2", "--only", "(channels_last)")
     native = choose_mixed_precision(describe(torch.device("cpu")))
     mixed_rows = [row for row in _rows(lines) if row.startswith(("ours bf16", "ours fp16"))]
-    math_rows = [row for row in _rows(lines) if row.startswith("ours fp32+bf16 conv math")]  # native bf16 CPUs only
     if native.runs:
         assert [row.split("  ")[0] for row in mixed_rows] == [f"ours {native.precision.name} (channels_last)"]
-        assert len(math_rows) == (native.precision.name == "bf16")
         assert not any(line.startswith("skipped:") for line in lines)
     else:
-        assert mixed_rows == math_rows == [] and any(line.startswith("skipped:") for line in lines)
+        assert mixed_rows == [] and any(line.startswith("skipped:") for line in lines)
     hardware = [i for i, line in enumerate(lines) if line.startswith("hardware: ")]
     assert len(hardware) == 3
     assert all(f"cpu capability {cpu_capability()}" in lines[i] and f"torch {torch.__version__}" in lines[i]
@@ -94,7 +92,7 @@ def test_this_machine_measures_its_native_precision_beside_its_capability(
     table = lines.index(next(line for line in lines if line.startswith("configuration ")))
     ratio = lines.index(next(line for line in lines if line.startswith("fp32/usual")))
     assert hardware[1] < table and table < hardware[2] < ratio
-    assert len(_rows(lines)) == 2 + len(mixed_rows) + len(math_rows)
+    assert len(_rows(lines)) == 2 + len(mixed_rows)
     assert _ratios(lines)["best/usual"] >= _ratios(lines)["fp32/usual"] > 0
     assert len([line for line in lines if line.startswith("paired fp32/usual = ")]) == 1
 

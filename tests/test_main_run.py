@@ -134,8 +134,15 @@ def test_four_variants(model_name: str, tiny_data_dir: Path, tracking_uri: str) 
     children = _children(client, parent.info.run_id, parent.info.experiment_id)
     assert sorted(children) == ["amp", "baseline", "pruned", "quantized"]
     amp_run = children["amp"]
-    if AMP_NATIVE:
-        assert amp_run.data.tags["precision"] == "bf16"
+    if AMP_NATIVE:  # a bf16 CPU: fp32 and bf16 timed on real steps first, the ratio and any slowdown said
+        tags = amp_run.data.tags
+        speeds = {name: float(speed) for name, speed in (part.rsplit(" ", 1) for part in tags["amp_probe_img_s"].split(", "))}
+        assert set(speeds) == {"fp32", "bf16"} and tags["precision"] == "bf16"
+        ratio = speeds["bf16"] / speeds["fp32"]
+        assert float(tags["amp_speed_vs_fp32"]) == pytest.approx(ratio, abs=0.01)
+        assert ("amp_slower_than_fp32" in tags) == (float(tags["amp_speed_vs_fp32"]) < 1)
+        probe, _ = read_ledger_csv(client.download_artifacts(amp_run.info.run_id, "energy_ledger.csv"))
+        assert [p.kind for p in probe.phases if p.name == f"{model_name}/amp/precision-probe"] == ["setup"]
     else:
         assert amp_run.info.status == "KILLED" and "no native bf16/fp16" in amp_run.data.tags["skipped"]
         assert parent.data.tags["skipped_variants"] == "amp"

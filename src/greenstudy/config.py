@@ -12,7 +12,7 @@ MODELS = ("resnet18", "efficientnet_b0")
 DATASETS = ("cifar100", "cifar10")
 DEVICES = ("auto", "cpu", "cuda")
 VARIANTS = ("baseline", "amp", "pruned", "quantized")
-AMP_DTYPES = ("auto", "bf16", "fp16", "bf16-math")
+AMP_DTYPES = ("auto", "bf16", "fp16")
 DEFAULT_DATA_DIR = "data"
 
 

@@ -9,7 +9,6 @@ fp32, so the amp variant is skipped there unless forced with `amp_dtype=bf16|fp1
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -21,18 +20,12 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass(frozen=True)
 class Precision:
-    """What autocast does for a run (dtype None = fp32), or `math="bf16"`: fp32 tensors whose CPU convolutions
-    and matmuls oneDNN computes in bf16 (fp32 accumulation), forward and backward: on a CPU with native bf16
-    this trains EfficientNet-B0 faster than bf16 autocast, whose unfused casts around every BN/SiLU/SE op
-    cost more than they save (benchmarks/throughput.py; README "Mixed precision on the CPU")."""
+    """What autocast does for a run: None = fp32."""
 
     dtype: torch.dtype | None = None
-    math: str = ""
 
     @property
     def name(self) -> str:
-        if self.math:
-            return f"{self.math}-math"
         return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
 
     @property
@@ -40,28 +33,9 @@ class Precision:
         return self.dtype == torch.float16
 
     def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
-        """Around a forward pass (math mode: its compute scope; a training step needs `compute()` around backward too)."""
-        if self.math:
-            return self.compute()
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=self.dtype)
-
-    @contextlib.contextmanager
-    def compute(self) -> Iterator[None]:
-        """Around whole steps (forward, backward, optimizer): oneDNN's fp32 math mode, restored on exit."""
-        if not self.math:
-            yield
-            return
-        backends = (torch.backends.mkldnn.conv, torch.backends.mkldnn.matmul)
-        before = [backend.fp32_precision for backend in backends]
-        for backend in backends:
-            backend.fp32_precision = self.math
-        try:
-            yield
-        finally:
-            for backend, value in zip(backends, before, strict=True):
-                backend.fp32_precision = value
 
 
 @dataclass(frozen=True)
@@ -128,8 +102,6 @@ def choose_mixed_precision(hw: Hardware, amp_dtype: str = "auto") -> PrecisionCh
     CPUs; on other CPUs no choice (emulated autocast is slower than fp32). `amp_dtype` forces one."""
     if amp_dtype in _DTYPES:
         return PrecisionChoice(Precision(_DTYPES[amp_dtype]), f"forced amp_dtype={amp_dtype} on {hw.label}")
-    if amp_dtype == "bf16-math":
-        return PrecisionChoice(Precision(math="bf16"), f"forced amp_dtype={amp_dtype} on {hw.label}")
     if amp_dtype != "auto":
         raise ValueError(f"amp_dtype must be one of {', '.join(AMP_DTYPES)}, got {amp_dtype!r}")
     if hw.device_type == "cuda":
@@ -143,11 +115,3 @@ def choose_mixed_precision(hw: Hardware, amp_dtype: str = "auto") -> PrecisionCh
     return PrecisionChoice(
         None, f"no native bf16/fp16 on this CPU ({hw.cpu_capability}); force with amp_dtype=bf16 to run it emulated"
     )
-
-
-def precision_from_name(name: str) -> Precision:
-    """The Precision whose `name` this is (as a checkpoint records it)."""
-    for precision in (Precision(), Precision(torch.bfloat16), Precision(torch.float16), Precision(math="bf16")):
-        if precision.name == name:
-            return precision
-    raise ValueError(f"unknown precision {name!r}")

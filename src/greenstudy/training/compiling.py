@@ -25,7 +25,7 @@ from greenstudy.training.steps import TrainSetup, evaluate
 # "Compiled training on the CPU"; 2-core AMD EPYC, AVX-512 BF16, torch 2.14.1, batch 128, channels_last).
 # Only where compiled beat eager in every measured round: resnet18 bf16 35 s of compile, 103.3 -> 107.8 img/s.
 # Absent = eager: resnet18 fp32 (+2 %, within noise), efficientnet_b0 fp32 (faster in one round of two),
-# efficientnet_b0 bf16 (101 vs 121 img/s) and bf16-math (182 vs 204): compiled was slower.
+# efficientnet_b0 bf16 (101 vs 121 img/s): compiled was slower.
 CPU_BREAK_EVEN_IMAGES: dict[tuple[str, str], int] = {("resnet18", "bf16"): 87_000}
 
 
@@ -63,8 +63,7 @@ def warm_up_compiled(setup: TrainSetup, data: CifarData) -> str:
     devices = [setup.device] if setup.device.type == "cuda" else []
     ranks = distributed.current()
     try:
-        # dropout/stochastic depth draw as if no warm-up happened; a math-mode precision covers backward too
-        with torch.random.fork_rng(devices=devices), setup.precision.compute():
+        with torch.random.fork_rng(devices=devices):  # dropout/stochastic depth draw as if no warm-up happened
             _one_step_and_validation(setup, data)
     except Exception as exc:
         if ranks:

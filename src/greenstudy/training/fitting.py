@@ -77,7 +77,6 @@ def _save(checkpointer: Checkpointer, cfg: RunConfig, setup: TrainSetup, epoch: 
         "fingerprint": fingerprint(cfg), "epoch": epoch, "model": setup.model,
         "optimizer": setup.optimizer.state_dict(), "scheduler": setup.scheduler.state_dict(),
         "scaler": setup.scaler.state_dict() if setup.scaler else None, "rng": rng_state(setup.generator),
-        "precision": setup.precision.name,
         "history": list(history), "reached": control.reached,
         "stopped": stop, "stopped_early": control.stopped_early,
     })

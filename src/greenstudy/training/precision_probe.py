@@ -1,7 +1,7 @@
-"""Which bf16 path trains a model fastest on this CPU, measured: a few real training steps of a copy of the
-model in fp32, in bf16 autocast and in fp32 with bf16 oneDNN math (greenstudy.measure.precision). Neither
-path wins everywhere: on the 2-core AVX-512 BF16 EPYC, ResNet-18 trains 2.1x faster in bf16 autocast than
-fp32 while bf16 math gains ~9 %; EfficientNet-B0 is 0.71x fp32 in autocast and 1.21x in bf16 math
+"""Whether mixed precision trains a model faster than fp32 on this machine, measured: a few real training
+steps of a copy of the model in each precision. It does not everywhere: on the 2-core AVX-512 BF16 EPYC,
+ResNet-18 trains 2.1x faster in bf16 autocast than fp32, EfficientNet-B0 0.71x (eager; 0.60x compiled), its
+unfused casts around every BN/SiLU/squeeze-and-excitation op costing more than its convolutions save
 (benchmarks/throughput.py, README "Mixed precision on the CPU")."""
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from torch import nn
 from greenstudy.measure.precision import Precision
 from greenstudy.training.data import CifarData, Normalizer, Split
 from greenstudy.training.steps import TrainSetup, make_optimizer, make_scheduler, train_one_epoch
-
-CPU_BF16_PATHS = (Precision(torch.bfloat16), Precision(math="bf16"))
 
 
 def probe_split(train: Split, images: int) -> Split:

@@ -112,26 +112,10 @@ def train_one_epoch(setup: TrainSetup, train: Split) -> tuple[float, float]:
     model.train()
     loss_sum = torch.zeros((), device=setup.device)
     hits = torch.zeros((), device=setup.device, dtype=torch.long)
+    seen = steps = 0
     forward = setup.forward()
     ranks = distributed.current()
     safe_point = distributed.safe_point if ranks else stop_if_interrupted
-    with setup.precision.compute():  # math mode: backward and optimizer too
-        steps, seen = _steps(setup, train, forward, safe_point, loss_sum, hits)
-    setup.epoch_steps = steps
-    total_loss, total_hits = loss_sum.item(), hits.item()
-    if ranks:  # every rank raises together below, or none does
-        total_loss, total_hits, seen = distributed.sum_over_ranks([total_loss, total_hits, seen])
-    mean_loss = total_loss / max(seen, 1)
-    if not math.isfinite(mean_loss):
-        raise TrainingDiverged(f"training loss is {mean_loss}: lower lr (now {setup.optimizer.param_groups[0]['lr']:.3g}) or batch_size")
-    return mean_loss, 100.0 * total_hits / max(seen, 1)
-
-
-def _steps(setup: TrainSetup, train: Split, forward: Callable[..., torch.Tensor], safe_point: Callable[[], None],
-           loss_sum: torch.Tensor, hits: torch.Tensor) -> tuple[int, int]:
-    """The optimizer steps of one epoch; loss and hits added on the device. Returns (steps, images seen)."""
-    ranks = distributed.current()
-    seen = steps = 0
     for images, labels in train_batches(train, setup.batch_size, setup.generator, setup.augment, safe_point):
         if ranks:
             images, labels = distributed.shard(images, labels)
@@ -152,7 +136,14 @@ def _steps(setup: TrainSetup, train: Split, forward: Callable[..., torch.Tensor]
         hits += (logits.detach().argmax(1) == labels).sum()
         seen += labels.shape[0]
         steps += 1
-    return steps, seen
+    setup.epoch_steps = steps
+    total_loss, total_hits = loss_sum.item(), hits.item()
+    if ranks:  # every rank raises together below, or none does
+        total_loss, total_hits, seen = distributed.sum_over_ranks([total_loss, total_hits, seen])
+    mean_loss = total_loss / max(seen, 1)
+    if not math.isfinite(mean_loss):
+        raise TrainingDiverged(f"training loss is {mean_loss}: lower lr (now {setup.optimizer.param_groups[0]['lr']:.3g}) or batch_size")
+    return mean_loss, 100.0 * total_hits / max(seen, 1)
 
 
 @torch.no_grad()
