@@ -6,7 +6,7 @@ SHARED_DATA := $(abspath ../shared/data)
 export MLFLOW_DISABLE_TELEMETRY := true
 export CODECARBON_LOG_LEVEL := error
 
-.PHONY: install demo report test lint system-deps clean
+.PHONY: install demo report test lint system-deps clean bench
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -31,6 +31,13 @@ report: install
 test: install system-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# the training grid (usual recipe vs fp32/bf16 x eager/compiled, channels_last) per model, < 10 min each on 2 cores
+BENCH_MODELS ?= resnet18 efficientnet_b0
+bench: install
+	for model in $(BENCH_MODELS); do \
+		$(BIN)/python benchmarks/throughput.py --model $$model --compile true --only channels_last --steps 8 --budget-min 9 || exit 1; \
+	done
 
 lint: install
 	$(BIN)/ruff check .
