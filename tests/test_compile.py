@@ -73,12 +73,14 @@ def test_auto_compiles_on_the_cpu_only_from_the_measured_break_even(monkeypatch:
 
 def test_a_compile_that_fails_trains_eager_and_says_why(tracking_uri: str, tiny_data_dir: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """A real inductor failure (no working C++ compiler): the child still trains, eager, FINISHED; its tags say
-    that and why, and the failed attempt is a measured setup phase of its own."""
+    """compile=auto decides to compile (a break-even this tiny run reaches) and inductor really fails (no working
+    C++ compiler): the child still trains, eager, FINISHED; its tags say that and why, and the failed attempt
+    is a measured setup phase of its own."""
+    monkeypatch.setitem(compiling.CPU_BREAK_EVEN_IMAGES, ("resnet18", "fp32"), 1)
     monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/g++",))
     torch._dynamo.reset()
     code = entry.main(["--model", "resnet18", "--variants", "baseline", "--data-dir", str(tiny_data_dir),
-                       "--experiment", "compile", "--compile", "true", *TINY_ARGS])
+                       "--experiment", "compile", "--compile", "auto", *TINY_ARGS])
     torch._dynamo.reset()
     assert code == 0
     client = MlflowClient(tracking_uri)
@@ -86,7 +88,7 @@ def test_a_compile_that_fails_trains_eager_and_says_why(tracking_uri: str, tiny_
     child = next(r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("variant") == "baseline")
     assert child.info.status == "FINISHED"
     assert child.data.tags["compile"] == "eager"
-    assert "compile=true; compile failed, eager instead: InductorError" in child.data.tags["compile_reason"]
+    assert ">= CPU break-even 1; compile failed, eager instead: InductorError" in child.data.tags["compile_reason"]
     assert "InvalidCxxCompiler" in child.data.tags["compile_reason"]
     ledger = client.download_artifacts(child.info.run_id, "energy_ledger.csv")
     assert "resnet18/baseline/compile,setup" in Path(ledger).read_text()
