@@ -16,8 +16,9 @@ def paired(result: Result, usual: Result) -> float:
 
 
 def break_even_lines(results: dict[str, Result], runners: list, warmup_steps: int, batch_size: int) -> list[str]:
-    """Per compiled configuration: its compile seconds (warm-up time less its warm-up steps at the measured
-    compiled speed) and the training images after which compiling has paid for itself against its eager twin."""
+    """Per compiled configuration: its compile seconds (its warm-up time beyond its steps at the measured
+    compiled speed, less the same first-call overhead of its eager twin) and the training images after which
+    compiling has paid for itself against that twin."""
     lines = []
     for runner in runners[1:]:
         if not runner.compiled or runner.eager_twin not in results:
@@ -25,7 +26,9 @@ def break_even_lines(results: dict[str, Result], runners: list, warmup_steps: in
         mine, eager = results[runner.label], results[runner.eager_twin]
         if not (mine.images_per_second and eager.images_per_second):
             continue
-        compile_s = max(0.0, mine.warmup_seconds - warmup_steps * batch_size / mine.images_per_second)
+        images = warmup_steps * batch_size
+        first_call_s = max(0.0, eager.warmup_seconds - images / eager.images_per_second)
+        compile_s = max(0.0, mine.warmup_seconds - images / mine.images_per_second - first_call_s)
         saved_per_image = 1 / eager.images_per_second - 1 / mine.images_per_second
         if saved_per_image <= 0:
             verdict = "never pays (compiled is not faster)"

@@ -17,6 +17,7 @@ from greenstudy.runs.outcome import ChildOutcome
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import _throughput_report  # noqa: E402
 import throughput  # noqa: E402
 import variants as variants_benchmark  # noqa: E402
 
@@ -142,3 +143,25 @@ def test_variants_table_lists_a_skipped_variant_with_its_reason_and_lifecycle_en
     rows = {line.split()[0]: line.split() for line in lines[2:5]}
     assert rows["amp"] == ["amp", "SKIPPED", *reason.split()]
     assert rows["pruned"][2:9] == ["9.00", "-1.00", "1.000", "0.50x", "3.000", "300", "3.00x"]
+
+
+def test_break_even_is_compile_seconds_over_the_time_saved_per_image() -> None:
+    """35 s of compile (beyond the eager twin's own first-call cost) at 103.3 -> 107.8 img/s pays after
+    35 / (1/103.3 - 1/107.8) = 86,600 images; a compiled configuration that is slower never pays."""
+    class Runner:
+        def __init__(self, label: str, compiled: bool) -> None:
+            self.label, self.compiled, self.eager_twin = label, compiled, label.replace(", compiled)", ")")
+
+    def result(label: str, speed: float, warmup_s: float) -> throughput.Result:
+        return throughput.Result(label, "bf16", images=1000, seconds=1000 / speed, warmup_seconds=warmup_s)
+
+    eager_s = 2 * 128 / 103.3 + 1.0  # two warm-up steps + 1 s of first-call cost
+    results = {"usual": result("usual", 40.0, 1.0), "ours bf16 (cl)": result("ours bf16 (cl)", 103.3, eager_s),
+               "ours bf16 (cl, compiled)": result("ours bf16 (cl, compiled)", 107.8, 2 * 128 / 107.8 + 1.0 + 35.0),
+               "ours fp32 (cl)": result("ours fp32 (cl)", 50.0, 2 * 128 / 50.0),
+               "ours fp32 (cl, compiled)": result("ours fp32 (cl, compiled)", 45.0, 2 * 128 / 45.0 + 30.0)}
+    runners = [Runner("usual", False), *(Runner(label, "compiled" in label) for label in list(results)[1:])]
+    lines = _throughput_report.break_even_lines(results, runners, warmup_steps=2, batch_size=128)
+    assert len(lines) == 2
+    assert "ours bf16 (cl, compiled): compile 35 s, 103.3 -> 107.8 img/s: pays after 86,6" in lines[0], lines[0]
+    assert lines[1].endswith("never pays (compiled is not faster)"), lines[1]

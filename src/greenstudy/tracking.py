@@ -20,7 +20,7 @@ from mlflow.entities import RunStatus
 from mlflow.models import infer_signature
 from torch import nn
 
-from greenstudy.errors import TrackingError, VariantSkipped
+from greenstudy.errors import ConfigError, TrackingError, VariantSkipped
 from greenstudy.store import prepare_store, sqlite_path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -49,7 +49,19 @@ CONTRACT_TAGS = (
 PIP_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1"]
 # MLflow's system metrics (CPU/GPU utilisation, memory, GPU power where NVML has it) on every training child:
 # one psutil/NVML sample per interval in a background thread (benchmarks/overhead.py measures what it costs)
-SYSTEM_METRICS_INTERVAL_S = float(os.environ.get("GREENSTUDY_SYSTEM_METRICS_INTERVAL_S", "10"))
+SYSTEM_METRICS_INTERVAL_ENV = "GREENSTUDY_SYSTEM_METRICS_INTERVAL_S"
+
+
+def system_metrics_interval() -> float:
+    """Seconds between MLflow system-metric samples (default 10); a bad value is one ConfigError line."""
+    text = os.environ.get(SYSTEM_METRICS_INTERVAL_ENV, "10")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise ConfigError(f"{SYSTEM_METRICS_INTERVAL_ENV} must be a number of seconds above 0, got {text!r}")
+    return seconds
 
 
 def ensure_tracking_reachable(timeout_s: float = 5.0) -> str:
@@ -81,7 +93,7 @@ def run_scope(
     samples CPU/GPU utilisation and memory into the run's System metrics while it is open."""
     sampling = {"log_system_metrics": True} if system_metrics else {}
     if system_metrics:
-        mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
+        mlflow.set_system_metrics_sampling_interval(system_metrics_interval())
     if run_id:
         run = mlflow.start_run(run_id=run_id, nested=nested, **sampling)
     elif not nested and os.environ.get("MLFLOW_RUN_ID"):

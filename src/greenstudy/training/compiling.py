@@ -16,17 +16,19 @@ import torch
 import torch.nn.functional as F
 
 from greenstudy.config import RunConfig
+from greenstudy.measure.precision import cpu_capability
 from greenstudy.training import distributed
 from greenstudy.training.data import CifarData, train_batches
 from greenstudy.training.steps import TrainSetup, evaluate
 
-# (model, precision) -> training images from which compiling pays on a CPU: compile seconds over
-# (1/eager img/s - 1/compiled img/s), both from one `benchmarks/throughput.py --compile true` run (README,
-# "Compiled training on the CPU"; 2-core AMD EPYC, AVX-512 BF16, torch 2.14.1, batch 128, channels_last).
-# Only where compiled beat eager in every measured round: resnet18 bf16 35 s of compile, 103.3 -> 107.8 img/s.
-# Absent = eager: resnet18 fp32 (+2 %, within noise), efficientnet_b0 fp32 (faster in one round of two),
-# efficientnet_b0 bf16 (101 vs 121 img/s): compiled was slower.
-CPU_BREAK_EVEN_IMAGES: dict[tuple[str, str], int] = {("resnet18", "bf16"): 87_000}
+# (model, precision, torch CPU capability) -> training images from which compiling pays on such a CPU: compile
+# seconds over (1/eager img/s - 1/compiled img/s), from one `benchmarks/throughput.py --compile true` run (README,
+# "Mixed precision and compiled training on the CPU"; 2-core AMD EPYC, AVX512 with AVX-512 BF16, torch 2.14.1,
+# batch 128, channels_last). Only where compiled beat eager in every measured round: resnet18 bf16, 103.3 ->
+# 107.8 img/s, 35 s to compile the training graph, doubled here for the eval graphs a run compiles too
+# (2 x 87,245 images). Absent = eager: resnet18 fp32 (+2 %, within noise), efficientnet_b0 fp32 (faster in one
+# round of two), efficientnet_b0 bf16 (101 vs 121 img/s: compiled was slower); any CPU not measured.
+CPU_BREAK_EVEN_IMAGES: dict[tuple[str, str, str], int] = {("resnet18", "bf16", "AVX512"): 175_000}
 
 
 @dataclass(frozen=True)
@@ -43,9 +45,10 @@ def decide_compile(cfg: RunConfig, device: torch.device, precision: str, train_i
         return CompileDecision(cfg.compile == "true", f"compile={cfg.compile}")
     if device.type == "cuda":
         return CompileDecision(True, "compile=auto: CUDA")
-    break_even = CPU_BREAK_EVEN_IMAGES.get((cfg.model, precision))
+    capability = cpu_capability()
+    break_even = CPU_BREAK_EVEN_IMAGES.get((cfg.model, precision, capability))
     if break_even is None:
-        return CompileDecision(False, f"compile=auto: no measured CPU break-even for {cfg.model} {precision}: eager")
+        return CompileDecision(False, f"compile=auto: no measured CPU break-even for {cfg.model} {precision} on {capability}: eager")
     if train_images < break_even:
         return CompileDecision(False, f"compile=auto: {train_images} training images < CPU break-even {break_even}: eager")
     return CompileDecision(True, f"compile=auto: {train_images} training images >= CPU break-even {break_even}")
@@ -65,7 +68,7 @@ def warm_up_compiled(setup: TrainSetup, data: CifarData) -> str:
     try:
         with torch.random.fork_rng(devices=devices):  # dropout/stochastic depth draw as if no warm-up happened
             _one_step_and_validation(setup, data)
-    except Exception as exc:
+    except torch._dynamo.exc.TorchDynamoException as exc:  # inductor/dynamo failures (InductorError among them)
         if ranks:
             raise
         setup.step_fn = eager

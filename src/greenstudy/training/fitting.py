@@ -126,20 +126,22 @@ def _fit(
         result.history = list(resume["history"])
         result.first_epoch = int(resume["epoch"]) + 1
         control.reached = resume["reached"]
-    images_left = (epochs - result.first_epoch + 1) * steps_per_epoch(len(data.train), cfg.batch_size) * cfg.batch_size
+    if resume is not None and resume.get("stopped"):  # the control had already ended training: nothing to compile
+        control.stopped_early = str(resume.get("stopped_early", ""))
+        return result
+    images_left = max(0, epochs - result.first_epoch + 1) * steps_per_epoch(len(data.train), cfg.batch_size) * cfg.batch_size
     decision = decide_compile(cfg, device, precision.name, images_left)
-    result.tags = {"compile": "compiled" if decision.compile else "eager", "compile_reason": decision.reason}
+    result.tags = {"compile": "eager", "compile_reason": decision.reason}
     if decision.compile and images_left > 0:
         with meter.phase(ledger, f"{label}/compile", "setup", devices=distributed.world_size()):
             failure = warm_up_compiled(setup, data)
             if distributed.current():  # every rank's compile ends inside this phase, not in epoch 1
                 distributed.sum_over_ranks([0.0])
         if failure:
-            result.tags = {"compile": "eager", "compile_reason": f"{decision.reason}; compile failed, eager instead: {failure}"}
+            result.tags["compile_reason"] = f"{decision.reason}; compile failed, eager instead: {failure}"
+        else:
+            result.tags["compile"] = "compiled"
     progress = EpochProgress(label, epochs, result.first_epoch) if distributed.is_leader() else None
-    if resume is not None and resume.get("stopped"):  # the control had already ended training
-        control.stopped_early = str(resume.get("stopped_early", ""))
-        return result
     _epochs(cfg, data, meter, setup, epochs, label, ledger, control, checkpointer, result, progress, log)
     return result
 

@@ -1,6 +1,6 @@
 """Whether mixed precision trains a model faster than fp32 on this machine, measured: a few real training
-steps of a copy of the model in each precision. It does not everywhere: on the 2-core AVX-512 BF16 EPYC,
-ResNet-18 trains 2.1x faster in bf16 autocast than fp32, EfficientNet-B0 0.71x (eager; 0.60x compiled), its
+steps of a copy of the model in each precision. Often it is not: on the 2-core AVX-512 BF16 EPYC, ResNet-18
+trains 2.1x faster in bf16 autocast than fp32, EfficientNet-B0 0.71x (eager; compiled both, 0.56x), its
 unfused casts around every BN/SiLU/squeeze-and-excitation op costing more than its convolutions save
 (benchmarks/throughput.py, README "Mixed precision on the CPU")."""
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import mlflow
 import torch
 
 from greenstudy.errors import VariantSkipped
 from greenstudy.measure.ledger import Ledger
 from greenstudy.measure.precision import Precision, choose_mixed_precision
+from greenstudy.training import distributed
 from greenstudy.training.fitting import fit
 from greenstudy.training.models import build_model
 from greenstudy.training.precision_probe import training_speeds
@@ -45,8 +47,11 @@ def run_amp(job: VariantJob) -> VariantRecord:
     if not choice.runs:
         raise VariantSkipped(choice.reason)
     tags = {}
-    if job.bench.device.type == "cpu" and cfg.amp_dtype == "auto" and not job.resume:
+    # not on resume (the earlier sitting measured it), not in a several-process job (its ranks wait in step)
+    if job.bench.device.type == "cpu" and cfg.amp_dtype == "auto" and not job.resume and not distributed.current():
         tags = _speed_vs_fp32(job, choice.precision, f"{cfg.model}/amp")
+        if mlflow.active_run():  # now, so a later sitting of an interrupted run still has them
+            mlflow.set_tags(tags)
     record = _train_fresh(job, choice.precision, f"{cfg.model}/amp")
     record.tags.update({"precision_reason": choice.reason, **tags})
     return record
@@ -64,10 +69,10 @@ def _speed_vs_fp32(job: VariantJob, precision: Precision, label: str) -> dict[st
         speeds = training_speeds(model, [Precision(), precision], bench.data, cfg.batch_size, cfg.channels_last)
     ratio = speeds[precision.name] / speeds["fp32"]
     tags = {"amp_probe_img_s": ", ".join(f"{name} {speed:.1f}" for name, speed in speeds.items()),
-            "amp_speed_vs_fp32": f"{ratio:.2f}"}
+            "amp_speed_vs_fp32": f"{ratio:.3f}"}
     line = f"[{label}] training img/s measured here: {tags['amp_probe_img_s']} ({ratio:.2f}x fp32)"
     if ratio < 1:
-        tags["amp_slower_than_fp32"] = f"{ratio:.2f}: {precision.name} trains {cfg.model} slower than fp32 on this machine"
+        tags["amp_slower_than_fp32"] = f"{ratio:.3f}: {precision.name} trains {cfg.model} slower than fp32 on this machine"
         line += f"; warning: {tags['amp_slower_than_fp32']}, so it costs more energy per epoch"
     print(line, flush=True)
     return tags
