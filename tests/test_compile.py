@@ -42,7 +42,6 @@ def _setup(model: torch.nn.Module, compiled: bool) -> TrainSetup:
 def test_a_compiled_cpu_training_step_gives_the_eager_loss(model_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two real training steps (train_one_epoch: augmentation, forward, backward, SGD) compiled and eager from the
     same weights and batches: the losses agree, so the second step saw the same update."""
-    monkeypatch.setattr(inductor_config, "fallback_random", True)  # dropout / stochastic depth draw as eager does
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = build_model(model_name, 100).to(memory_format=torch.channels_last)
@@ -52,8 +51,9 @@ def test_a_compiled_cpu_training_step_gives_the_eager_loss(model_name: str, monk
     for compiled in (False, True):
         torch.manual_seed(2)
         setup = _setup(copy.deepcopy(model), compiled)
-        first, _ = train_one_epoch(setup, Split(split.images[:8], split.labels[:8]))
-        second, _ = train_one_epoch(setup, Split(split.images[8:], split.labels[8:]))
+        with inductor_config.patch(fallback_random=True):  # dropout / stochastic depth draw as eager does
+            first, _ = train_one_epoch(setup, Split(split.images[:8], split.labels[:8]))
+            second, _ = train_one_epoch(setup, Split(split.images[8:], split.labels[8:]))
         losses[compiled] = (first, second)
     torch._dynamo.reset()
     assert losses[True] == pytest.approx(losses[False], rel=2e-3), losses
@@ -89,8 +89,10 @@ def test_a_compile_that_fails_trains_eager_and_says_why(tracking_uri: str, tiny_
     child = next(r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("variant") == "baseline")
     assert child.info.status == "FINISHED"
     assert child.data.tags["compile"] == "eager"
-    assert ">= CPU break-even 1; compile failed, eager instead: InductorError" in child.data.tags["compile_reason"]
-    assert "InvalidCxxCompiler" in child.data.tags["compile_reason"]
+    reason = child.data.tags["compile_reason"]
+    assert ">= CPU break-even 1; compile failed, eager instead: " in reason
+    assert reason.split("eager instead: ")[1].startswith(("InductorError", "BackendCompilerFailed")), reason
+    assert "InvalidCxxCompiler" in reason, reason
     ledger = client.download_artifacts(child.info.run_id, "energy_ledger.csv")
     assert "resnet18/baseline/compile,setup" in Path(ledger).read_text()
     # the failed attempt left weights, batch order and RNG as they were: the same training as a plain eager run

@@ -72,7 +72,8 @@ def warm_up_compiled(setup: TrainSetup, data: CifarData) -> str:
         if ranks:
             raise
         setup.step_fn = eager
-        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:500]
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()][:2]  # inductor's cause is on line 2
+        reason = f"{type(exc).__name__}: {' '.join(lines)}"[:500]
         print(f"compile failed, training eager instead ({reason})", file=sys.stderr, flush=True)
         return reason
     finally:
