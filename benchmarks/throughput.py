@@ -75,7 +75,8 @@ class OurPipeline:
         channels_last: bool, compiled: bool, total_steps: int,
     ):
         torch.manual_seed(0)
-        self.label = f"ours {precision.name} ({'channels_last' if channels_last else 'contiguous'}" + (
+        short = precision.name + (" dw-fp32" if precision.depthwise_fp32 else "")
+        self.label = f"ours {short} ({'channels_last' if channels_last else 'contiguous'}" + (
             ", compiled)" if compiled else ")")
         self.precision = precision.name
         self.compiled, self.eager_twin = compiled, self.label.replace(", compiled)", ")")
@@ -120,13 +121,15 @@ def mixed_choice(device: torch.device, amp_dtype: str) -> PrecisionChoice:
 
 def candidates(device: torch.device, compile_mode: str, mixed: Precision | None) -> list[tuple[Precision, bool, bool]]:
     """(precision, channels_last, compiled) for every configuration of ours to try; the first is our fp32
-    default (channels_last, eager on a CPU). torch 2.14.1's oneDNN fp32 math mode (`torch.backends.mkldnn.conv.
+    default (channels_last, eager on a CPU). Where the mixed precision keeps depthwise convolutions fp32 (bf16
+    on a CPU), plain autocast is tried beside it. torch 2.14.1's oneDNN fp32 math mode (`torch.backends.mkldnn.conv.
     fp32_precision = "bf16"`) is not among them: it leaves CPU convolutions bit-identical to fp32 (README)."""
     default_compile = device.type == "cuda"
     compiles = {"true": [True, False], "false": [False], "auto": [True, False] if default_compile else [False]}[compile_mode]
     fp32 = Precision()
     combos = [(fp32, True, default_compile and compile_mode != "false")]
-    for precision in [fp32] + ([mixed] if mixed is not None else []):
+    mixed_ones = [] if mixed is None else [mixed] + ([Precision(mixed.dtype)] if mixed.depthwise_fp32 else [])
+    for precision in [fp32, *mixed_ones]:
         for channels_last in (True, False):
             for compiled in compiles:
                 if (precision, channels_last, compiled) not in combos:

@@ -82,7 +82,10 @@ def test_this_machine_measures_its_native_precision_beside_its_capability(
     native = choose_mixed_precision(describe(torch.device("cpu")))
     mixed_rows = [row for row in _rows(lines) if row.startswith(("ours bf16", "ours fp16"))]
     if native.runs:
-        assert [row.split("  ")[0] for row in mixed_rows] == [f"ours {native.precision.name} (channels_last)"]
+        expected = [f"ours {native.precision.name} (channels_last)"]
+        if native.precision.depthwise_fp32:  # the CPU bf16 policy, and plain autocast beside it
+            expected.insert(0, f"ours {native.precision.name} dw-fp32 (channels_last)")
+        assert [row.split("  ")[0] for row in mixed_rows] == expected
         assert not any(line.startswith("skipped:") for line in lines)
     else:
         assert mixed_rows == [] and any(line.startswith("skipped:") for line in lines)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from greenstudy.measure.precision import Hardware, choose_mixed_precision, cpu_capability, describe
+from greenstudy.measure.precision import Hardware, Precision, choose_mixed_precision, cpu_capability, describe
 from greenstudy.runs.main_run import run_main
 from greenstudy.runs.params import parse_main
 from greenstudy.tracking import log_torch_model
@@ -39,6 +39,34 @@ def test_mixed_precision_follows_capability(hw: Hardware, amp_dtype: str, expect
     assert reason in choice.reason
     if expected == "fp16" and hw.device_type == "cuda":
         assert choice.precision.needs_scaler
+    # only bf16 on a CPU keeps depthwise convolutions fp32 (their bf16 backward is the slow kernel there)
+    if choice.precision:
+        assert choice.precision.depthwise_fp32 == (hw.device_type == "cpu" and expected == "bf16")
+
+
+def test_bf16_policy_runs_depthwise_convolutions_in_fp32_only_while_training() -> None:
+    """Under the CPU bf16 policy a depthwise conv gives fp32 outputs and fp32-exact gradients while autograd
+    records; a dense conv stays bf16; without grad (inference) the depthwise conv is bf16 again."""
+    torch.manual_seed(0)
+    depthwise = torch.nn.Conv2d(8, 8, 3, 2, 1, groups=8)
+    dense = torch.nn.Conv2d(8, 8, 3, 1, 1)
+    x = torch.randn(4, 8, 8, 8, requires_grad=True)
+    policy, plain = Precision(torch.bfloat16, depthwise_fp32=True), Precision(torch.bfloat16)
+    cpu = torch.device("cpu")
+    assert policy.policy == "bf16 (depthwise convolutions fp32 in training)" and plain.policy == "bf16"
+
+    reference = torch.autograd.grad(depthwise(x).square().sum(), (x, depthwise.weight))
+    with policy.autocast(cpu):
+        out = depthwise(x)
+        assert out.dtype == torch.float32 and dense(x).dtype == torch.bfloat16
+        grads = torch.autograd.grad(out.square().sum(), (x, depthwise.weight))
+        with torch.no_grad():
+            assert depthwise(x).dtype == torch.bfloat16
+    with plain.autocast(cpu):
+        bf16_grads = torch.autograd.grad(depthwise(x).float().square().sum(), (x, depthwise.weight))
+    for ours, exact, rounded in zip(grads, reference, bf16_grads, strict=True):
+        torch.testing.assert_close(ours, exact, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(rounded, exact, rtol=1e-5, atol=1e-5)  # so the check above can fail
 
 
 def test_this_machine_is_described_without_cuda() -> None:

@@ -3,7 +3,9 @@
 Mixed precision only pays where the hardware has native kernels: bf16 on CUDA compute capability
 >= 8.0 (Ampere+) and on CPUs with AVX-512 BF16 or AMX; fp16 + GradScaler on older CUDA GPUs; on a
 CPU without native bf16/fp16 (e.g. AVX2 only) autocast is emulated and several times *slower* than
-fp32, so the amp variant is skipped there unless forced with `amp_dtype=bf16|fp16`.
+fp32, so the amp variant is skipped there unless forced with `amp_dtype=bf16|fp16`. bf16 on a CPU keeps
+depthwise convolutions in fp32 while training (`greenstudy.measure.depthwise_fp32` says why: their bf16
+backward is many times slower there).
 """
 
 from __future__ import annotations
@@ -14,19 +16,27 @@ from dataclasses import dataclass
 import torch
 
 from greenstudy.config import AMP_DTYPES
+from greenstudy.measure.depthwise_fp32 import DepthwiseInFp32
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
 class Precision:
-    """What autocast does for a run: None = fp32."""
+    """What autocast does for a run: None = fp32. `depthwise_fp32`: depthwise convolutions stay fp32 while
+    training (the CPU bf16 policy)."""
 
     dtype: torch.dtype | None = None
+    depthwise_fp32: bool = False
 
     @property
     def name(self) -> str:
         return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    @property
+    def policy(self) -> str:
+        """The name plus what autocast leaves out, e.g. `bf16 (depthwise convolutions fp32 in training)`."""
+        return f"{self.name} (depthwise convolutions fp32 in training)" if self.depthwise_fp32 and self.dtype else self.name
 
     @property
     def needs_scaler(self) -> bool:
@@ -35,7 +45,11 @@ class Precision:
     def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
         if self.dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=self.dtype)
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.autocast(device_type=device.type, dtype=self.dtype))
+        if self.depthwise_fp32:
+            stack.enter_context(DepthwiseInFp32())
+        return stack
 
 
 @dataclass(frozen=True)
@@ -97,11 +111,16 @@ class PrecisionChoice:
         return self.precision is not None
 
 
+def _on(hw: Hardware, dtype: torch.dtype) -> Precision:
+    """bf16 on a CPU keeps depthwise convolutions fp32 while training (see depthwise_fp32)."""
+    return Precision(dtype, depthwise_fp32=hw.device_type == "cpu" and dtype == torch.bfloat16)
+
+
 def choose_mixed_precision(hw: Hardware, amp_dtype: str = "auto") -> PrecisionChoice:
     """bf16 on Ampere+ GPUs and bf16-native CPUs, fp16 (+ GradScaler) on older GPUs and fp16-native
     CPUs; on other CPUs no choice (emulated autocast is slower than fp32). `amp_dtype` forces one."""
     if amp_dtype in _DTYPES:
-        return PrecisionChoice(Precision(_DTYPES[amp_dtype]), f"forced amp_dtype={amp_dtype} on {hw.label}")
+        return PrecisionChoice(_on(hw, _DTYPES[amp_dtype]), f"forced amp_dtype={amp_dtype} on {hw.label}")
     if amp_dtype != "auto":
         raise ValueError(f"amp_dtype must be one of {', '.join(AMP_DTYPES)}, got {amp_dtype!r}")
     if hw.device_type == "cuda":
@@ -109,7 +128,7 @@ def choose_mixed_precision(hw: Hardware, amp_dtype: str = "auto") -> PrecisionCh
             return PrecisionChoice(Precision(torch.bfloat16), f"native bf16 on {hw.label}")
         return PrecisionChoice(Precision(torch.float16), f"fp16 + GradScaler on {hw.label} (no native bf16)")
     if hw.cpu_bf16:
-        return PrecisionChoice(Precision(torch.bfloat16), f"native bf16 on {hw.label}")
+        return PrecisionChoice(_on(hw, torch.bfloat16), f"native bf16 on {hw.label}, depthwise convolutions fp32 in training")
     if hw.cpu_fp16:
         return PrecisionChoice(Precision(torch.float16), f"native fp16 on {hw.label}")
     return PrecisionChoice(

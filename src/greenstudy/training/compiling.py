@@ -67,7 +67,7 @@ def warm_up_compiled(setup: TrainSetup, data: CifarData) -> str:
     ranks = distributed.current()
     try:
         with torch.random.fork_rng(devices=devices):  # dropout/stochastic depth draw as if no warm-up happened
-            _one_step_and_validation(setup, data)
+            _one_step_and_validation(setup, data, ranks)
     except torch._dynamo.exc.TorchDynamoException as exc:  # inductor/dynamo failures (InductorError among them)
         if ranks:
             raise
@@ -83,8 +83,7 @@ def warm_up_compiled(setup: TrainSetup, data: CifarData) -> str:
     return ""
 
 
-def _one_step_and_validation(setup: TrainSetup, data: CifarData) -> None:
-    ranks = distributed.current()
+def _one_step_and_validation(setup: TrainSetup, data: CifarData, ranks: distributed.Ranks | None) -> None:
     if ranks:  # every rank the same step, at an agreed safe point, on its shard
         batch = next(train_batches(data.train, setup.batch_size, setup.generator, setup.augment, distributed.safe_point))
         images, labels = distributed.shard(*batch)

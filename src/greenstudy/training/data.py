@@ -88,6 +88,11 @@ class Split:
     def subset(self, count: int) -> Split:
         return Split(self.images[:count], self.labels[:count])
 
+    def first(self, count: int) -> Split:
+        """The first `count` images, the split repeated when it is smaller."""
+        repeat = -(-count // max(len(self), 1))
+        return Split(self.images.repeat(repeat, 1, 1, 1)[:count], self.labels.repeat(repeat)[:count])
+
 
 @dataclass
 class CifarData:

@@ -1,13 +1,12 @@
 """Whether mixed precision trains a model faster than fp32 on this machine, measured: a few real training
-steps of a copy of the model in each precision. Often it is not: on the 2-core AVX-512 BF16 EPYC, ResNet-18
-trains 2.1x faster in bf16 autocast than fp32, EfficientNet-B0 0.71x (eager; compiled both, 0.56x), its
-unfused casts around every BN/SiLU/squeeze-and-excitation op costing more than its convolutions save
-(benchmarks/throughput.py, README "Mixed precision on the CPU")."""
+steps of a copy of the model in each precision. It need not: on the 2-core AVX-512 BF16 EPYC, plain bf16
+autocast trains EfficientNet-B0 at 0.62x fp32's speed (its depthwise convolutions' bf16 backward is the slow
+kernel); with the CPU bf16 policy (depthwise convolutions fp32 in training, greenstudy.measure.depthwise_fp32)
+it is 1.22x, and ResNet-18 2.0x (benchmarks/throughput.py, README "Mixed precision on the CPU")."""
 
 from __future__ import annotations
 
 import copy
-import math
 import time
 
 import torch
@@ -15,13 +14,7 @@ from torch import nn
 
 from greenstudy.measure.precision import Precision
 from greenstudy.training.data import CifarData, Normalizer, Split
-from greenstudy.training.steps import TrainSetup, make_optimizer, make_scheduler, train_one_epoch
-
-
-def probe_split(train: Split, images: int) -> Split:
-    """The first `images` training images (repeated when the split is smaller)."""
-    repeat = math.ceil(images / max(len(train), 1))
-    return Split(train.images.repeat(repeat, 1, 1, 1)[:images], train.labels.repeat(repeat)[:images])
+from greenstudy.training.steps import TrainSetup, make_optimizer, make_scheduler, synchronize, train_one_epoch
 
 
 def training_speeds(model: nn.Module, candidates: list[Precision], data: CifarData, batch_size: int,
@@ -29,7 +22,7 @@ def training_speeds(model: nn.Module, candidates: list[Precision], data: CifarDa
     """Images/s of `steps` training steps (after one untimed warm-up step) of a copy of `model` in each
     candidate precision, on the same batches; `model` itself is not touched."""
     device = data.train.images.device
-    batches = probe_split(data.train, (1 + steps) * batch_size)
+    batches = data.train.first((1 + steps) * batch_size)
     speeds = {}
     for precision in candidates:
         twin = copy.deepcopy(model)
@@ -40,11 +33,9 @@ def training_speeds(model: nn.Module, candidates: list[Precision], data: CifarDa
             label_smoothing=0.0, batch_size=batch_size, device=device, generator=torch.Generator(device=device).manual_seed(0),
         )
         train_one_epoch(setup, Split(batches.images[:batch_size], batches.labels[:batch_size]))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         started = time.perf_counter()
         train_one_epoch(setup, Split(batches.images[batch_size:], batches.labels[batch_size:]))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         speeds[precision.name] = steps * batch_size / (time.perf_counter() - started)
     return speeds

@@ -182,10 +182,13 @@ def evaluate(
 @torch.no_grad()
 def inference_batch(split: Split, normalize: Normalizer, device: torch.device, batch_size: int) -> torch.Tensor:
     """One normalised batch of `batch_size` test images on `device` (repeated when the split is smaller)."""
-    images = split.images
-    if len(split) < batch_size:
-        images = images.repeat(math.ceil(batch_size / max(len(split), 1)), 1, 1, 1)
-    return normalize(images[:batch_size].to(device))
+    return normalize(split.first(batch_size).images.to(device))
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs ahead of Python), so a timer reads when it finished."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()

@@ -30,7 +30,8 @@ def _train_fresh(job: VariantJob, precision: Precision, label: str) -> VariantRe
         model.to(memory_format=torch.channels_last)
     fitted = fit(cfg, bench.data, bench.meter, model, precision, cfg.epochs, cfg.lr, label, ledger, job.control,
                  job.checkpointer, job.resume)
-    record = VariantRecord(model, Ledger(ledger), job.control, history=fitted.history, tags={"precision": precision.name, **fitted.tags})
+    tags = {"precision": precision.name, "precision_policy": precision.policy, **fitted.tags}
+    record = VariantRecord(model, Ledger(ledger), job.control, history=fitted.history, tags=tags)
     return finish(job, record, precision, label)
 
 

@@ -19,7 +19,7 @@ from greenstudy.training.checkpoint import Checkpointer
 from greenstudy.training.control import TrainingControl
 from greenstudy.training.data import CifarData, Normalizer
 from greenstudy.training.models import count_macs_params, model_size_mb
-from greenstudy.training.steps import evaluate, inference_batch, run_inference_for
+from greenstudy.training.steps import evaluate, inference_batch, run_inference_for, synchronize
 from greenstudy.variants.record import Batch1Inference, Inference, Upstream, VariantRecord
 
 INFER_BATCH_SIZE = 256
@@ -62,11 +62,6 @@ def example_input(bench: Bench) -> torch.Tensor:
     return normalize(bench.cpu_data.test.images[:2])
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def fastest_layout(bench: Bench, model: nn.Module, precision: Precision, device: torch.device, data: CifarData) -> bool:
     """channels_last or not, whichever runs this model faster here: every variant (and the int8 model's fp32
     reference) is timed in its own best layout, by this one rule, at the same batch size and threads."""
@@ -77,10 +72,10 @@ def fastest_layout(bench: Bench, model: nn.Module, precision: Precision, device:
             model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         batch = inference_batch(data.test, normalizer(bench, device, channels_last), device, INFER_BATCH_SIZE)
         run_inference_for(model, batch, precision, device, probe / 2)  # warm-up of this layout
-        _sync(device)
+        synchronize(device)
         started = time.perf_counter()
         images = run_inference_for(model, batch, precision, device, probe)
-        _sync(device)  # on CUDA the work queues ahead: time it finished, not queued
+        synchronize(device)  # on CUDA the work queues ahead: time it finished, not queued
         speed[channels_last] = images / (time.perf_counter() - started)
     best = max(speed, key=speed.get)
     if not isinstance(model, torch.jit.ScriptModule):
@@ -119,7 +114,7 @@ def infer_batch1(bench: Bench, model: nn.Module, precision: Precision, ledger: l
                     stop_if_interrupted()
                     started = time.perf_counter()
                     model(query)
-                    _sync(device)
+                    synchronize(device)
                     latencies.append((time.perf_counter() - started) * 1000)
     return Batch1Inference(len(latencies), phase, latencies)
 
