@@ -321,6 +321,9 @@ def test_ctrl_c_marks_runs_killed_with_metrics(signum: int, tiny_data_dir: Path,
     assert len(client.get_metric_history(child.info.run_id, "train_loss")) >= 1
     killed = client.get_run(child.info.run_id)  # what it spent up to the interruption is kept
     assert killed.data.metrics["energy_kwh"] >= killed.data.metrics["train_energy_kwh"] > 0
+    parent = next(run for run in _runs(client, "kill") if run.data.tags.get("kind") == "parent")
+    for name in ("energy_kwh", "unfinished_energy_kwh"):  # the parent's total counts the interrupted child's energy
+        assert parent.data.metrics[name] == pytest.approx(killed.data.metrics["energy_kwh"], rel=1e-9)
 
 
 def test_two_runs_at_once_never_measure_together(tiny_data_dir: Path, tracking_uri: str, tmp_path: Path) -> None:

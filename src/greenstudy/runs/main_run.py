@@ -96,6 +96,7 @@ def run_variant(
     control = _control(cfg, control)
     child_tags = {"kind": "variant", **tags, "variant": variant}
     run_id = resume_run_id
+    partial: dict[str, float] = {}  # what a failed or interrupted child had spent, for the parent's totals
     say(f"[{cfg.model}/{variant}] starting" + (f" (resuming run {resume_run_id})" if resume_run_id else ""))
     try:
         with machine_lock(f"{cfg.model}/{variant}"), run_scope(
@@ -116,7 +117,7 @@ def run_variant(
                 record = VARIANT_RUNNERS[variant](job)
             except (Exception, KeyboardInterrupt) as exc:
                 if not isinstance(exc, VariantSkipped):
-                    _keep_partial_energy(job)
+                    partial.update(_keep_partial_energy(job))
                 raise
             metrics = log_record(record, cfg, lean)
             if checkpointer:
@@ -125,32 +126,35 @@ def run_variant(
             say(f"[{cfg.model}/{variant}] finished: " + _headline(metrics))
             return ChildOutcome(variant, run_id, "FINISHED", metrics, last_epoch=last, control=control, record=record)
     except KeyboardInterrupt as interrupt:
-        interrupt.child = ChildOutcome(variant, run_id, "KILLED", error="interrupted", control=control)
+        interrupt.child = ChildOutcome(variant, run_id, "KILLED", partial, error="interrupted", control=control)
         raise
     except VariantSkipped as skip:
         say(f"[{cfg.model}/{variant}] skipped: {skip}")
         return ChildOutcome(variant, run_id, "SKIPPED", error=str(skip), control=control)
     except Exception as exc:  # noqa: BLE001 - one variant failing must not stop the others
         say(f"[{cfg.model}/{variant}] FAILED: {type(exc).__name__}: {exc}")
-        return ChildOutcome(variant, run_id, "FAILED", error=f"{type(exc).__name__}: {exc}", control=control)
+        return ChildOutcome(variant, run_id, "FAILED", partial, error=f"{type(exc).__name__}: {exc}", control=control)
 
 
-def _keep_partial_energy(job: VariantJob) -> None:
+def _keep_partial_energy(job: VariantJob) -> dict[str, float]:
     """A failed or interrupted run keeps what it spent. Train/val phases after the checkpoint's last
     epoch become `interrupted` (that epoch will be trained again on resume, so it is not a finished
     epoch); the journal beside the checkpoint says so for the next sitting; the partial totals and
-    ledger are logged to the run."""
+    ledger are logged to the run and returned."""
     if job.checkpointer:
         redo_unsaved_epochs(job.ledger, job.checkpointer.saved_epoch())
     if not job.ledger:
-        return
+        return {}
+    metrics: dict[str, float] = {}
     try:
         if job.checkpointer:
             write_journal(job.checkpointer.journal_path, job.ledger)
-        log_final(energy_metrics(Ledger(job.ledger), job.upstream.ledger if job.upstream else None))
+        metrics = energy_metrics(Ledger(job.ledger), job.upstream.ledger if job.upstream else None)
+        log_final(metrics)
         _log_ledger(Ledger(job.ledger), job.upstream)
     except Exception as exc:  # noqa: BLE001 - the original error is what the run must report
         say(f"(could not keep the partial energy ledger: {type(exc).__name__}: {exc})")
+    return metrics
 
 
 def _log_ledger(own: Ledger, upstream: Upstream | None) -> None:
@@ -244,7 +248,8 @@ def _not_in_this_sitting(plan: ResumePlan | None, children: list[ChildOutcome]) 
         return []
     seen = {child.variant for child in children}
     left = [done for variant, done in plan.finished.items() if variant not in seen]
-    left += [ChildOutcome(variant, run_id, "KILLED", error="not resumed yet")
+    client = mlflow.MlflowClient()  # an unfinished child keeps the partial energy it logged
+    left += [ChildOutcome(variant, run_id, "KILLED", dict(client.get_run(run_id).data.metrics), error="not resumed yet")
              for variant, run_id in plan.unfinished.items() if variant not in seen]
     return left
 
@@ -263,9 +268,12 @@ def _log_parent_summary(children: list[ChildOutcome]) -> None:
     if not children:
         return
     finished = [child for child in children if child.status == "FINISHED"]
+    unfinished = [child for child in children if child.status in ("FAILED", "KILLED")]
+    spent = finished + unfinished  # a failed or interrupted child's energy was spent too
     mlflow.log_metrics({
-        "energy_kwh": sum(c.metrics.get("energy_kwh", 0.0) for c in finished),
-        "emissions_kg": sum(c.metrics.get("emissions_kg", 0.0) for c in finished),
+        "energy_kwh": sum(c.metrics.get("energy_kwh", 0.0) for c in spent),
+        "emissions_kg": sum(c.metrics.get("emissions_kg", 0.0) for c in spent),
+        "unfinished_energy_kwh": sum(c.metrics.get("energy_kwh", 0.0) for c in unfinished),
         "variants_finished": len(finished),
         "variants_failed": sum(c.status in ("FAILED", "KILLED") for c in children),
         "variants_skipped": sum(c.status == "SKIPPED" for c in children),
