@@ -168,3 +168,13 @@ def test_break_even_is_compile_seconds_over_the_time_saved_per_image() -> None:
     assert len(lines) == 2
     assert "ours bf16 (cl, compiled): compile 35 s, 103.3 -> 107.8 img/s: pays after 86,6" in lines[0], lines[0]
     assert lines[1].endswith("never pays (compiled is not faster)"), lines[1]
+
+
+def test_inference_paths_refuses_bad_arguments_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/inference_paths.py: an unknown model or an empty round is one `error:` line, exit 2."""
+    import inference_paths
+
+    for argv in (["--model", "vgg"], ["--rounds", "0"]):
+        assert inference_paths.run_cli(lambda argv=argv: inference_paths.main(argv)) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: "), err
