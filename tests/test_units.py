@@ -172,3 +172,34 @@ def test_mlproject_main_defaults_are_runconfig_defaults() -> None:
         expected = parser_defaults[name]
         assert _as_parsed(declared["default"]) == (_as_parsed(expected) if expected not in (None, "") else expected), name
         assert "{" + name + "}" in spec["command"], name
+
+
+def test_an_epoch_says_its_progress_between_steps(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A labelled epoch prints `step k/N ... img/s ... left in this epoch` lines (GREENSTUDY_PROGRESS_S apart);
+    an unlabelled one (a probe, a follower rank) prints none; a bad interval is one ConfigError."""
+    from greenstudy.measure.precision import Precision
+    from greenstudy.training.data import Normalizer, Split
+    from greenstudy.training.steps import TrainSetup, make_optimizer, make_scheduler, train_one_epoch
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", 10)
+    optimizer = make_optimizer(model, 0.01, 0.0)
+    cpu = torch.device("cpu")
+    setup = TrainSetup(model=model, optimizer=optimizer, scheduler=make_scheduler(optimizer, 0.01, 12),
+                       normalize=Normalizer((0.5,) * 3, (0.25,) * 3, cpu, False), precision=Precision(),
+                       label_smoothing=0.0, batch_size=4, device=cpu, generator=torch.Generator().manual_seed(0))
+    split = Split(torch.randint(0, 255, (12, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 10, (12,)))
+    monkeypatch.setenv("GREENSTUDY_PROGRESS_S", "0")
+    train_one_epoch(setup, split)
+    assert "step" not in capsys.readouterr().err  # 0 = no lines, and no label = no lines
+    monkeypatch.setenv("GREENSTUDY_PROGRESS_S", "1e-9")
+    train_one_epoch(setup, split)
+    assert "step" not in capsys.readouterr().err
+    setup.progress_label = "resnet18/baseline"
+    train_one_epoch(setup, split)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split()[2] for line in lines] == ["1/3", "2/3", "3/3"], lines
+    assert all(line.startswith("[resnet18/baseline]") and "img/s" in line and "left in this epoch" in line for line in lines)
+    monkeypatch.setenv("GREENSTUDY_PROGRESS_S", "soon")
+    with pytest.raises(ConfigError, match="GREENSTUDY_PROGRESS_S"):
+        train_one_epoch(setup, split)

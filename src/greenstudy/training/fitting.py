@@ -116,6 +116,8 @@ def _fit(
 ) -> FitResult:
     device = data.train.images.device
     setup = _setup(cfg, data, model, precision, epochs, lr, device)
+    ranks = distributed.current()
+    setup.progress_label = label if not ranks or ranks.rank == 0 else ""
     result = FitResult()
     if resume is not None:
         setup.optimizer.load_state_dict(resume["optimizer"])

@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from greenstudy.errors import TrainingDiverged
+from greenstudy.errors import ConfigError, TrainingDiverged
 from greenstudy.interrupts import stop_if_interrupted
 from greenstudy.measure.precision import Precision
+from greenstudy.progress import duration, say
 from greenstudy.training import distributed
 from greenstudy.training.data import Normalizer, Split, eval_batches, train_batches
 
@@ -77,6 +78,7 @@ class TrainSetup:
     step_fn: Callable[..., torch.Tensor] | None = None
     augment: bool = True
     epoch_steps: int = 0  # optimizer steps of the last epoch (several ranks: each made this many, together)
+    progress_label: str = ""  # set: a progress line every PROGRESS_EVERY_S seconds within an epoch
 
     def forward(self) -> Callable[..., torch.Tensor]:
         """The compiled or DistributedDataParallel module when there is one, else the model. Never `step_fn or
@@ -100,6 +102,25 @@ def make_scheduler(optimizer: torch.optim.Optimizer, lr: float, total_steps: int
     )
 
 
+def progress_every_s() -> float:
+    """Seconds between progress lines within an epoch (`GREENSTUDY_PROGRESS_S`, default 60; 0 = none)."""
+    raw = os.environ.get("GREENSTUDY_PROGRESS_S", "60")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"GREENSTUDY_PROGRESS_S must be a number of seconds >= 0, got {raw!r}")
+    return value
+
+
+def _say_progress(setup: TrainSetup, steps: int, total: int, seen: int, started: float) -> None:
+    elapsed = time.perf_counter() - started
+    rate = seen / max(elapsed, 1e-9)
+    left = (total - steps) * setup.batch_size / max(rate, 1e-9)
+    say(f"[{setup.progress_label}]   step {steps}/{total}  {rate:.0f} img/s  ~{duration(left)} left in this epoch")
+
+
 def steps_per_epoch(train_size: int, batch_size: int) -> int:
     return max(1, train_size // batch_size)
 
@@ -116,6 +137,9 @@ def train_one_epoch(setup: TrainSetup, train: Split) -> tuple[float, float]:
     forward = setup.forward()
     ranks = distributed.current()
     safe_point = distributed.safe_point if ranks else stop_if_interrupted
+    every_s = progress_every_s() if setup.progress_label else 0.0
+    total, started = steps_per_epoch(len(train), setup.batch_size), time.perf_counter()
+    said = started
     for images, labels in train_batches(train, setup.batch_size, setup.generator, setup.augment, safe_point):
         if ranks:
             images, labels = distributed.shard(images, labels)
@@ -136,6 +160,9 @@ def train_one_epoch(setup: TrainSetup, train: Split) -> tuple[float, float]:
         hits += (logits.detach().argmax(1) == labels).sum()
         seen += labels.shape[0]
         steps += 1
+        if every_s and time.perf_counter() - said >= every_s:  # between steps, never inside one
+            said = time.perf_counter()
+            _say_progress(setup, steps, total, seen * (ranks.world if ranks else 1), started)
     setup.epoch_steps = steps
     total_loss, total_hits = loss_sum.item(), hits.item()
     if ranks:  # every rank raises together below, or none does
