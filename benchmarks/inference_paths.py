@@ -22,6 +22,7 @@ os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8192")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+import torch._inductor.config  # noqa: E402, F401  (torch._inductor.config.patch below)
 from _common import hardware_line, load_average, machine_line  # noqa: E402
 
 from greenstudy.cli import one_line_parser, run_cli  # noqa: E402
@@ -39,6 +40,7 @@ def paths(model_name: str, batch: torch.Tensor) -> dict[str, tuple[object, Preci
     made: dict[str, tuple[object, Precision, float]] = {}
     for precision in (Precision(), Precision(torch.bfloat16)):
         model = build_model(model_name, 100).eval().to(memory_format=torch.channels_last)
+        timed_round(model, precision, batch, 0.0)  # one untimed call: oneDNN builds its kernels
         made[f"{precision.name} eager"] = (model, precision, 0.0)
         with torch._inductor.config.patch(freezing=True):
             compiled = torch.compile(model)
@@ -50,6 +52,7 @@ def paths(model_name: str, batch: torch.Tensor) -> dict[str, tuple[object, Preci
     model = build_model(model_name, 100).eval()
     started = time.perf_counter()
     int8 = quantize_fx(model, [batch[:64].contiguous()], reduce_range=not vnni_available())
+    timed_round(int8, Precision(), batch, 0.0)
     made["int8 (FX) eager"] = (int8, Precision(), time.perf_counter() - started)
     return made
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+import torch.nn.functional as F
 from mlflow.tracking import MlflowClient
 
 from greenstudy.measure.precision import Hardware, Precision, choose_mixed_precision, cpu_capability, describe
@@ -42,6 +43,24 @@ def test_mixed_precision_follows_capability(hw: Hardware, amp_dtype: str, expect
     # only bf16 on a CPU keeps depthwise convolutions fp32 (their bf16 backward is the slow kernel there)
     if choice.precision:
         assert choice.precision.depthwise_fp32 == (hw.device_type == "cpu" and expected == "bf16")
+
+
+@pytest.mark.parametrize("call", ["keywords", "padding_same", "reflect"])
+def test_bf16_policy_reads_every_form_of_a_conv2d_call(call: str) -> None:
+    """Keyword arguments, string padding and a padded-first (reflect) conv all give the fp32 result."""
+    torch.manual_seed(0)
+    x, weight = torch.randn(2, 6, 9, 9), torch.randn(6, 1, 3, 3)
+    reflect = torch.nn.Conv2d(6, 6, 3, padding=1, groups=6, padding_mode="reflect")
+    calls = {
+        "keywords": lambda: F.conv2d(input=x, weight=weight, stride=2, padding=1, groups=6),
+        "padding_same": lambda: F.conv2d(x, weight, None, 1, "same", 1, 6),
+        "reflect": lambda: reflect(x),
+    }
+    exact = calls[call]()
+    with Precision(torch.bfloat16, depthwise_fp32=True).autocast(torch.device("cpu")):
+        ours = calls[call]()
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, exact, rtol=1e-6, atol=1e-6)
 
 
 def test_bf16_policy_runs_depthwise_convolutions_in_fp32_only_while_training() -> None:

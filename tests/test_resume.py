@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from greenstudy.errors import ConfigError
 from greenstudy.measure.ledger import MAKE_AND_CHECK, Ledger, read_ledger_csv
-from greenstudy.runs.main_run import _not_in_this_sitting
+from greenstudy.runs.main_run import _not_in_this_sitting, logged_energy
 from greenstudy.runs.outcome import ChildOutcome
 from greenstudy.runs.resume import ResumePlan
 from tests.conftest import PYTHON, ROOT, entry_env
@@ -125,8 +125,23 @@ def test_resume_refuses_another_machine_and_sums_every_child() -> None:
     with pytest.raises(ConfigError, match="run a was measured elsewhere: cpu_model='EPYC' \\(now 'Xeon'\\)"):
         plan.check_same_machine({"energy_method": "cpu=rapl, gpu=none, ram=constant-estimate", "cpu_model": "Xeon"})
     this_sitting = [ChildOutcome("amp", "a", "FINISHED", {"energy_kwh": 2.0})]
-    others = _not_in_this_sitting(plan, this_sitting)
+    others = _not_in_this_sitting(plan, this_sitting, logged={"p": {"energy_kwh": 0.5}}.get)
     assert [(c.variant, c.status) for c in others] == [("baseline", "FINISHED"), ("pruned", "KILLED")]
+    assert [c.metrics["energy_kwh"] for c in others] == [1.0, 0.5]  # the unresumed child's partial energy counts
+
+
+def test_an_unfinished_childs_logged_energy_is_read_back(tracking_uri: str) -> None:
+    """logged_energy: a child's partial totals as logged; a hard-killed child (no totals, only the per-epoch
+    cumulative energy) counts its last cumulative energy; an unreadable run is {} (the summary goes on)."""
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment("logged")
+    partial, killed = client.create_run(experiment).info.run_id, client.create_run(experiment).info.run_id
+    client.log_metric(partial, "energy_kwh", 0.25)
+    for step, value in ((1, 0.1), (2, 0.3)):
+        client.log_metric(killed, "cumulative_energy_kwh", value, step=step)
+    assert logged_energy(partial)["energy_kwh"] == 0.25
+    assert logged_energy(killed)["energy_kwh"] == 0.3
+    assert logged_energy("no-such-run") == {}
 
 
 def test_interrupt_while_waiting_for_the_measurement_lock(tiny_data_dir: Path, tracking_uri: str, tmp_path: Path) -> None:

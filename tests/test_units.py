@@ -189,13 +189,14 @@ def test_an_epoch_says_its_progress_between_steps(monkeypatch: pytest.MonkeyPatc
                        normalize=Normalizer((0.5,) * 3, (0.25,) * 3, cpu, False), precision=Precision(),
                        label_smoothing=0.0, batch_size=4, device=cpu, generator=torch.Generator().manual_seed(0))
     split = Split(torch.randint(0, 255, (12, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 10, (12,)))
-    monkeypatch.setenv("GREENSTUDY_PROGRESS_S", "0")
-    train_one_epoch(setup, split)
-    assert "step" not in capsys.readouterr().err  # 0 = no lines, and no label = no lines
     monkeypatch.setenv("GREENSTUDY_PROGRESS_S", "1e-9")
     train_one_epoch(setup, split)
-    assert "step" not in capsys.readouterr().err
+    assert "step" not in capsys.readouterr().err  # no label (a probe, a follower rank): no lines
     setup.progress_label = "resnet18/baseline"
+    monkeypatch.setenv("GREENSTUDY_PROGRESS_S", "0")
+    train_one_epoch(setup, split)
+    assert "step" not in capsys.readouterr().err  # 0 turns them off
+    monkeypatch.setenv("GREENSTUDY_PROGRESS_S", "1e-9")
     train_one_epoch(setup, split)
     lines = capsys.readouterr().err.splitlines()
     assert [line.split()[2] for line in lines] == ["1/3", "2/3", "3/3"], lines

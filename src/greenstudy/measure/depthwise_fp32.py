@@ -4,9 +4,11 @@ Why: in torch 2.14.1 on the CPU (oneDNN, AVX-512 BF16, channels_last or not) the
 depthwise convolution is 3-25x slower than the fp32 one; its forward is as fast or faster. Measured on the
 2-core AMD EPYC, batch 128, EfficientNet-B0's depthwise shapes: fp32 forward+backward 102 ms in all, bf16
 657 ms; a stride-2 5x5 over 144 channels at 16x16 takes 12.6 ms backward in fp32 and 173 ms in bf16
-(upstream: pytorch issue #183815). EfficientNet-B0 then trains at 93 img/s under plain bf16 autocast, 172 in
-fp32 and 229 with this policy (bf16 everywhere else). A bf16 forward with an fp32 backward was slower (192):
-the casts cost more than they save.
+(upstream: pytorch issue #183815). In one script timing whole training steps of EfficientNet-B0 (random
+data, batch 128, channels_last) it trained at 93 img/s under plain bf16 autocast, 172 in fp32 and 229 with
+this policy; benchmarks/throughput.py on real data: 101.9, 163.4 and 199.8 (README). A depthwise conv's fp32
+output keeps the BN/SiLU after it in fp32 until the next convolution, which autocast casts back to bf16. A
+bf16 forward with an fp32 backward was slower (192): the casts cost more than they save.
 
 Only calls of `torch.nn.functional.conv2d` with `groups == input channels > 1` are changed, and only while
 autograd records (`torch.is_grad_enabled()`): inference keeps the fast bf16 forward. Models without depthwise
@@ -18,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 _POSITIONAL = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")

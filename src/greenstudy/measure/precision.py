@@ -11,6 +11,7 @@ backward is many times slower there).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -42,14 +43,15 @@ class Precision:
     def needs_scaler(self) -> bool:
         return self.dtype == torch.float16
 
-    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+    @contextlib.contextmanager
+    def autocast(self, device: torch.device) -> Iterator[None]:
+        """This precision's autocast region (nothing for fp32), with the depthwise policy where it has one."""
         if self.dtype is None:
-            return contextlib.nullcontext()
-        stack = contextlib.ExitStack()
-        stack.enter_context(torch.autocast(device_type=device.type, dtype=self.dtype))
-        if self.depthwise_fp32:
-            stack.enter_context(DepthwiseInFp32())
-        return stack
+            yield
+            return
+        with torch.autocast(device_type=device.type, dtype=self.dtype), (
+                DepthwiseInFp32() if self.depthwise_fp32 else contextlib.nullcontext()):
+            yield
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,7 @@ class PrecisionChoice:
         return self.precision is not None
 
 
-def _on(hw: Hardware, dtype: torch.dtype) -> Precision:
+def _mixed_precision_for(hw: Hardware, dtype: torch.dtype) -> Precision:
     """bf16 on a CPU keeps depthwise convolutions fp32 while training (see depthwise_fp32)."""
     return Precision(dtype, depthwise_fp32=hw.device_type == "cpu" and dtype == torch.bfloat16)
 
@@ -120,7 +122,7 @@ def choose_mixed_precision(hw: Hardware, amp_dtype: str = "auto") -> PrecisionCh
     """bf16 on Ampere+ GPUs and bf16-native CPUs, fp16 (+ GradScaler) on older GPUs and fp16-native
     CPUs; on other CPUs no choice (emulated autocast is slower than fp32). `amp_dtype` forces one."""
     if amp_dtype in _DTYPES:
-        return PrecisionChoice(_on(hw, _DTYPES[amp_dtype]), f"forced amp_dtype={amp_dtype} on {hw.label}")
+        return PrecisionChoice(_mixed_precision_for(hw, _DTYPES[amp_dtype]), f"forced amp_dtype={amp_dtype} on {hw.label}")
     if amp_dtype != "auto":
         raise ValueError(f"amp_dtype must be one of {', '.join(AMP_DTYPES)}, got {amp_dtype!r}")
     if hw.device_type == "cuda":
@@ -128,7 +130,8 @@ def choose_mixed_precision(hw: Hardware, amp_dtype: str = "auto") -> PrecisionCh
             return PrecisionChoice(Precision(torch.bfloat16), f"native bf16 on {hw.label}")
         return PrecisionChoice(Precision(torch.float16), f"fp16 + GradScaler on {hw.label} (no native bf16)")
     if hw.cpu_bf16:
-        return PrecisionChoice(_on(hw, torch.bfloat16), f"native bf16 on {hw.label}, depthwise convolutions fp32 in training")
+        reason = f"native bf16 on {hw.label}, depthwise convolutions fp32 in training"
+        return PrecisionChoice(_mixed_precision_for(hw, torch.bfloat16), reason)
     if hw.cpu_fp16:
         return PrecisionChoice(Precision(torch.float16), f"native fp16 on {hw.label}")
     return PrecisionChoice(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -25,7 +26,7 @@ from greenstudy.tracking import ensure_tracking_reachable, log_final, log_torch_
 from greenstudy.training.checkpoint import Checkpointer, fingerprint
 from greenstudy.training.control import TrainingControl
 from greenstudy.training.data import CifarData, load_cifar
-from greenstudy.training.steps import configure_device, resolve_device, seed_everything, set_cpu_threads
+from greenstudy.training.steps import configure_device, progress_every_s, resolve_device, seed_everything, set_cpu_threads
 from greenstudy.variants.catalog import DERIVED, VARIANT_RUNNERS, execution_order
 from greenstudy.variants.common import Bench, VariantJob
 from greenstudy.variants.record import Upstream, VariantRecord, record_metrics
@@ -126,6 +127,7 @@ def run_variant(
             say(f"[{cfg.model}/{variant}] finished: " + _headline(metrics))
             return ChildOutcome(variant, run_id, "FINISHED", metrics, last_epoch=last, control=control, record=record)
     except KeyboardInterrupt as interrupt:
+        partial = partial or _earlier_sittings(resume_run_id)
         interrupt.child = ChildOutcome(variant, run_id, "KILLED", partial, error="interrupted", control=control)
         raise
     except VariantSkipped as skip:
@@ -133,7 +135,13 @@ def run_variant(
         return ChildOutcome(variant, run_id, "SKIPPED", error=str(skip), control=control)
     except Exception as exc:  # noqa: BLE001 - one variant failing must not stop the others
         say(f"[{cfg.model}/{variant}] FAILED: {type(exc).__name__}: {exc}")
+        partial = partial or _earlier_sittings(resume_run_id)
         return ChildOutcome(variant, run_id, "FAILED", partial, error=f"{type(exc).__name__}: {exc}", control=control)
+
+
+def _earlier_sittings(resume_run_id: str) -> dict[str, float]:
+    """A resumed child that stopped before its ledger opened still spent its earlier sittings' energy."""
+    return logged_energy(resume_run_id) if resume_run_id else {}
 
 
 def _keep_partial_energy(job: VariantJob) -> dict[str, float]:
@@ -192,6 +200,7 @@ def _upstream_of(child: ChildOutcome) -> Upstream | None:
 def run_main(cfg: RunConfig) -> MainOutcome:
     """Train, measure and log every requested variant of one model (or go on with an interrupted run)."""
     check_series(cfg)  # carbon_intensity_csv / start_below_gco2: one error line before the data loads
+    progress_every_s()  # a bad GREENSTUDY_PROGRESS_S: one error line now, not a failed child later
     device, cpu_data = prepare(cfg)
     stop_if_interrupted()  # a download or an extraction may have taken a while
     plan: ResumePlan | None = plan_resume(cfg, device) if cfg.resume else None
@@ -233,25 +242,43 @@ def run_main(cfg: RunConfig) -> MainOutcome:
                 if variant == "baseline":
                     upstream = _upstream_of(child)
         finally:
-            _log_parent_summary(children + _not_in_this_sitting(plan, children))
-            bench.meter.stop()
+            try:
+                _log_parent_summary(children + _not_in_this_sitting(plan, children))
+            except Exception as exc:  # noqa: BLE001 - the run's own outcome (an error, Ctrl-C) must come through
+                say(f"(could not log the parent's summary: {type(exc).__name__}: {exc})")
+            finally:
+                bench.meter.stop()
         if children and all(child.status in ("FAILED", "KILLED") for child in children):
             raise RuntimeError("every variant failed: " + "; ".join(f"{c.variant}: {c.error}" for c in children))
     experiment = mlflow.get_experiment(parent.info.experiment_id).name  # `mlflow run --experiment-name` may differ
     return MainOutcome(experiment, parent.info.run_id, children, tags["energy_method"])
 
 
-def _not_in_this_sitting(plan: ResumePlan | None, children: list[ChildOutcome]) -> list[ChildOutcome]:
+def _not_in_this_sitting(plan: ResumePlan | None, children: list[ChildOutcome],
+                         logged: Callable[[str], dict[str, float]] | None = None) -> list[ChildOutcome]:
     """A parent resumed with fewer variants still sums all of its children: the earlier sittings' outcomes of
     the variants this sitting did not ask for."""
     if plan is None:
         return []
     seen = {child.variant for child in children}
     left = [done for variant, done in plan.finished.items() if variant not in seen]
-    client = mlflow.MlflowClient()  # an unfinished child keeps the partial energy it logged
-    left += [ChildOutcome(variant, run_id, "KILLED", dict(client.get_run(run_id).data.metrics), error="not resumed yet")
+    logged = logged or logged_energy  # an unfinished child keeps the energy it logged
+    left += [ChildOutcome(variant, run_id, "KILLED", logged(run_id), error="not resumed yet")
              for variant, run_id in plan.unfinished.items() if variant not in seen]
     return left
+
+
+def logged_energy(run_id: str) -> dict[str, float]:
+    """What an unfinished child logged: its partial totals or, hard-killed (no totals), its last
+    `cumulative_energy_kwh` as `energy_kwh`; {} with a line when the run cannot be read."""
+    try:
+        metrics = dict(mlflow.MlflowClient().get_run(run_id).data.metrics)
+    except Exception as exc:  # noqa: BLE001 - a summary must not hide the run's own outcome
+        say(f"(could not read run {run_id}'s energy for the parent's total: {type(exc).__name__}: {exc})")
+        return {}
+    if "energy_kwh" not in metrics and "cumulative_energy_kwh" in metrics:
+        metrics["energy_kwh"] = metrics["cumulative_energy_kwh"]
+    return metrics
 
 
 def _mark_sitting(resumed_parent: str) -> None:

@@ -200,6 +200,9 @@ def run_study(config: StudyConfig) -> StudyOutcome:
     `n_trials` new trials under one parent run."""
     storage_url = default_storage_url() if config.storage == "auto" else config.storage
     storage = open_storage(storage_url)  # first: a bad URL fails before the slow imports below
+    from greenstudy.training.steps import progress_every_s
+
+    progress_every_s()  # a bad GREENSTUDY_PROGRESS_S: one error line before any trial
 
     import mlflow
 

@@ -28,7 +28,8 @@ from greenstudy.training.steps import TrainSetup, evaluate
 # channels_last), so it is empty and every CPU run trains eager: resnet18 bf16 with the CPU bf16 policy, 99.2
 # eager vs 93.5 compiled img/s (lost both rounds; plain autocast 98.8 vs 96.5; a run before the policy had
 # 103.3 vs 107.8); resnet18 fp32 48.8 vs 49.9 (within noise); efficientnet_b0 fp32 won one round of two;
-# efficientnet_b0 bf16 compiled was slower. The rule and its fallback are tested with made-up entries.
+# efficientnet_b0 bf16 compiled was slower. The rule and its fallback are tested with made-up entries. Keyed by
+# precision name: an entry for bf16 must be measured under the CPU bf16 policy (depthwise convolutions fp32).
 CPU_BREAK_EVEN_IMAGES: dict[tuple[str, str, str], int] = {}
 
 

@@ -89,7 +89,9 @@ class Split:
         return Split(self.images[:count], self.labels[:count])
 
     def first(self, count: int) -> Split:
-        """The first `count` images, the split repeated when it is smaller."""
+        """The first `count` images, the split repeated when it is smaller (a view when it is not)."""
+        if count <= len(self):
+            return self.subset(count)
         repeat = -(-count // max(len(self), 1))
         return Split(self.images.repeat(repeat, 1, 1, 1)[:count], self.labels.repeat(repeat)[:count])
 

@@ -2,7 +2,7 @@
 steps of a copy of the model in each precision. It need not: on the 2-core AVX-512 BF16 EPYC, plain bf16
 autocast trains EfficientNet-B0 at 0.62x fp32's speed (its depthwise convolutions' bf16 backward is the slow
 kernel); with the CPU bf16 policy (depthwise convolutions fp32 in training, greenstudy.measure.depthwise_fp32)
-it is 1.22x, and ResNet-18 2.0x (benchmarks/throughput.py, README "Mixed precision on the CPU")."""
+it is 1.22x, and ResNet-18 2.0x (benchmarks/throughput.py, README "Mixed precision and compiled training on the CPU")."""
 
 from __future__ import annotations
 

@@ -61,7 +61,8 @@ def run_amp(job: VariantJob) -> VariantRecord:
 def _speed_vs_fp32(job: VariantJob, precision: Precision, label: str) -> dict[str, str]:
     """fp32 and `precision` timed on a few real training steps of a copy of the model (a measured setup phase);
     when mixed precision is the slower, the run says so (tag `amp_slower_than_fp32`, a warning line) instead of
-    spending more in silence: no faster bf16 path was found for such a model (README "Mixed precision on the CPU")."""
+    spending more in silence (the CPU bf16 policy, depthwise convolutions in fp32, is what made EfficientNet-B0's
+    amp faster than fp32 there; README "Mixed precision and compiled training on the CPU")."""
     bench, cfg = job.bench, job.bench.cfg
     model = build_model(cfg.model, bench.data.num_classes, cfg.resolution).to(bench.device)
     if cfg.channels_last:
