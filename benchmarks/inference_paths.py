@@ -5,9 +5,9 @@
 Every path times the same model (random weights: speed does not depend on them), the same batch, the same
 threads, in channels_last, in alternating rounds of `--seconds` each (the order rotates every round), after one
 untimed call (for compiled paths: the compile, timed and printed). fp32 and bf16 autocast go both ways; the
-FX int8 model (greenstudy.variants.int8_recipe, all blocks int8) is timed eager only: FX int8 kernels are not
-inductor graphs. Prints img/s per round, the median, ratios to fp32 eager, and the break-even of each compile
-(images after which it has paid for itself).
+FX int8 model (greenstudy.variants.int8_recipe, all blocks int8) is timed eager, and compiled where inductor
+takes it (its quantized kernels stay opaque calls; the code around them can fuse). Prints img/s per round,
+the median, ratios to fp32 eager, and the break-even of each compile (images after which it has paid).
 """
 
 from __future__ import annotations
@@ -54,6 +54,14 @@ def paths(model_name: str, batch: torch.Tensor) -> dict[str, tuple[object, Preci
     int8 = quantize_fx(model, [batch[:64].contiguous()], reduce_range=not vnni_available())
     timed_round(int8, Precision(), batch, 0.0)
     made["int8 (FX) eager"] = (int8, Precision(), time.perf_counter() - started)
+    try:  # inductor around FX's quantized kernels (opaque to it): the dequantize/SiLU/quantize chains can fuse
+        with torch._inductor.config.patch(freezing=True):
+            compiled_int8 = torch.compile(int8)
+            started = time.perf_counter()
+            timed_round(compiled_int8, Precision(), batch, 0.0)
+        made["int8 (FX) compiled+frozen"] = (compiled_int8, Precision(), time.perf_counter() - started)
+    except Exception as exc:  # noqa: BLE001 - a path that does not compile is a finding, printed
+        print(f"  int8 (FX) compiled+frozen: failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})", flush=True)
     return made
 
 
@@ -96,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, values in rates.items():
         median = statistics.median(values)
         _, precision, ready_s = made[label]
-        twin = statistics.median(rates[f"{precision.name} eager"]) if "compiled" in label else None
+        twin = statistics.median(rates[label.replace("compiled+frozen", "eager")]) if "compiled" in label else None
         if twin is None:
             even = "-"
         elif median <= twin:
