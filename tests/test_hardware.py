@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from mlflow.tracking import MlflowClient
 
+from greenstudy.errors import ConfigError
 from greenstudy.measure.precision import Hardware, Precision, choose_mixed_precision, cpu_capability, describe
 from greenstudy.runs.main_run import run_main
 from greenstudy.runs.params import parse_main
@@ -127,3 +128,17 @@ def test_cuda_four_variants_load_back_on_cpu(tiny_data_dir: Path, tracking_uri: 
             assert run.data.metrics["gpu_energy_nvml_kwh"] > 0
         model = mlflow.pytorch.load_model(f"runs:/{child.run_id}/model", map_location="cpu")
         assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 100)
+
+
+def test_a_resume_keeps_the_numerics_it_began_with() -> None:
+    """A checkpoint saved under plain bf16 autocast (before the CPU policy; no `precision_policy` key) is refused
+    under the policy with one ConfigError, and the same policy resumes; fp32 checkpoints of any age resume."""
+    from greenstudy.training.fitting import check_same_precision
+
+    policy = Precision(torch.bfloat16, depthwise_fp32=True)
+    with pytest.raises(ConfigError, match="checkpoint trained in bf16, this code trains in bf16 \\(depthwise"):
+        check_same_precision({}, policy)
+    check_same_precision({"precision_policy": policy.policy}, policy)
+    check_same_precision({}, Precision())
+    with pytest.raises(ConfigError, match="one run, one numerics"):
+        check_same_precision({"precision_policy": policy.policy}, Precision(torch.bfloat16))

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from greenstudy.config import RunConfig
-from greenstudy.errors import TrainingDiverged
+from greenstudy.errors import ConfigError, TrainingDiverged
 from greenstudy.measure.energy import EnergyMeter
 from greenstudy.measure.ledger import Ledger, PhaseEnergy
 from greenstudy.measure.precision import Precision
@@ -74,7 +74,7 @@ def _setup(cfg: RunConfig, data: CifarData, model: nn.Module, precision: Precisi
 def _save(checkpointer: Checkpointer, cfg: RunConfig, setup: TrainSetup, epoch: int,
           history: list[dict[str, float]], control: TrainingControl, stop: bool) -> None:
     checkpointer.save({
-        "fingerprint": fingerprint(cfg), "epoch": epoch, "model": setup.model,
+        "fingerprint": fingerprint(cfg), "epoch": epoch, "model": setup.model, "precision_policy": setup.precision.policy,
         "optimizer": setup.optimizer.state_dict(), "scheduler": setup.scheduler.state_dict(),
         "scaler": setup.scaler.state_dict() if setup.scaler else None, "rng": rng_state(setup.generator),
         "history": list(history), "reached": control.reached,
@@ -109,6 +109,15 @@ def fit(
     return result
 
 
+def check_same_precision(resume: dict[str, object], precision: Precision) -> None:
+    """A resumed run trains on in the numerics it began with: a checkpoint from before the CPU bf16 policy
+    (plain autocast) is refused under it, and the other way round."""
+    trained = str(resume.get("precision_policy", precision.name))  # checkpoints before the policy: plain autocast
+    if trained != precision.policy:
+        raise ConfigError(f"resume: the checkpoint trained in {trained}, this code trains in {precision.policy}: "
+                          "start a new run (one run, one numerics)")
+
+
 def _fit(
     cfg: RunConfig, data: CifarData, meter: EnergyMeter, model: nn.Module, precision: Precision, epochs: int, lr: float,
     label: str, ledger: list[PhaseEnergy], control: TrainingControl, checkpointer: Checkpointer | None,
@@ -120,6 +129,7 @@ def _fit(
     setup.progress_label = label if not ranks or ranks.rank == 0 else ""
     result = FitResult()
     if resume is not None:
+        check_same_precision(resume, precision)
         setup.optimizer.load_state_dict(resume["optimizer"])
         setup.scheduler.load_state_dict(resume["scheduler"])
         if setup.scaler is not None and resume["scaler"] is not None:
