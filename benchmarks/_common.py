@@ -25,6 +25,7 @@ from greenstudy.measure.ledger import PhaseEnergy
 from greenstudy.measure.precision import cpu_capability, describe
 from greenstudy.training.data import SPECS, CifarData, load_cifar, locate_dataset, write_synthetic_cifar
 from greenstudy.training.models import build_model
+from greenstudy.training.steps import synchronize
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_DATA_DIR = str(SHARED_DATA if SHARED_DATA.is_dir() else "data")
@@ -190,11 +191,6 @@ def energy_phase(meter: EnergyMeter, name: str) -> Iterator[PhaseEnergy]:
 # ---------------------------------------------------------------------------------------------
 # Machine facts
 # ---------------------------------------------------------------------------------------------
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def peak_flops(device: torch.device, dtype: torch.dtype, size: int = 4096, repeats: int = 3, budget_s: float = 20.0) -> tuple[float, int]:

@@ -30,6 +30,7 @@ from greenstudy.config import MODELS  # noqa: E402
 from greenstudy.errors import ConfigError  # noqa: E402
 from greenstudy.measure.precision import Precision  # noqa: E402
 from greenstudy.training.models import build_model  # noqa: E402
+from greenstudy.training.steps import run_inference_for  # noqa: E402
 from greenstudy.variants.int8_recipe import quantize_fx, vnni_available  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -66,12 +67,9 @@ def paths(model_name: str, batch: torch.Tensor) -> dict[str, tuple[object, Preci
 
 
 def timed_round(model: object, precision: Precision, batch: torch.Tensor, seconds: float) -> float:
-    """Images/s of forward passes of `batch` over about `seconds`."""
-    images, started = 0, time.perf_counter()
-    with torch.no_grad(), precision.autocast(CPU):
-        while images == 0 or time.perf_counter() - started < seconds:
-            model(batch)
-            images += batch.shape[0]
+    """Images/s of forward passes of `batch` over about `seconds` (at least one), greenstudy's own inference loop."""
+    started = time.perf_counter()
+    images = run_inference_for(model, batch, precision, CPU, seconds)
     return images / (time.perf_counter() - started)
 
 
