@@ -254,20 +254,6 @@ def run_main(cfg: RunConfig) -> MainOutcome:
     return MainOutcome(experiment, parent.info.run_id, children, tags["energy_method"])
 
 
-def _not_in_this_sitting(plan: ResumePlan | None, children: list[ChildOutcome],
-                         logged: Callable[[str], dict[str, float]] | None = None) -> list[ChildOutcome]:
-    """A parent resumed with fewer variants still sums all of its children: the earlier sittings' outcomes of
-    the variants this sitting did not ask for."""
-    if plan is None:
-        return []
-    seen = {child.variant for child in children}
-    left = [done for variant, done in plan.finished.items() if variant not in seen]
-    logged = logged or logged_energy  # an unfinished child keeps the energy it logged
-    left += [ChildOutcome(variant, run_id, "KILLED", logged(run_id), error="not resumed yet")
-             for variant, run_id in plan.unfinished.items() if variant not in seen]
-    return left
-
-
 def logged_energy(run_id: str) -> dict[str, float]:
     """What an unfinished child logged: its partial totals or, hard-killed (no totals), its last
     `cumulative_energy_kwh` as `energy_kwh`; {} with a line when the run cannot be read."""
@@ -279,6 +265,19 @@ def logged_energy(run_id: str) -> dict[str, float]:
     if "energy_kwh" not in metrics and "cumulative_energy_kwh" in metrics:
         metrics["energy_kwh"] = metrics["cumulative_energy_kwh"]
     return metrics
+
+
+def _not_in_this_sitting(plan: ResumePlan | None, children: list[ChildOutcome],
+                         logged: Callable[[str], dict[str, float]] = logged_energy) -> list[ChildOutcome]:
+    """A parent resumed with fewer variants still sums all of its children: the earlier sittings' outcomes of
+    the variants this sitting did not ask for; an unfinished one counts the energy it logged."""
+    if plan is None:
+        return []
+    seen = {child.variant for child in children}
+    left = [done for variant, done in plan.finished.items() if variant not in seen]
+    left += [ChildOutcome(variant, run_id, "KILLED", logged(run_id), error="not resumed yet")
+             for variant, run_id in plan.unfinished.items() if variant not in seen]
+    return left
 
 
 def _mark_sitting(resumed_parent: str) -> None:
