@@ -24,10 +24,11 @@ from greenstudy.config import RunConfig
 from greenstudy.study.budget import budget_steps, trial_epochs
 from greenstudy.study.counts import count_trials, counts_text
 from greenstudy.study.fidelity import StudyControl, decide, rung_epochs, rung_fractions, tally
-from greenstudy.study.front import NOT_PROMOTED, OVER_BUDGET, TARGET_NOT_REACHED, study_energy_kwh
+from greenstudy.study.front import NOT_PROMOTED, OVER_BUDGET, PAUSED, TARGET_NOT_REACHED, study_energy_kwh
 from greenstudy.study.params import StudyConfig
 from greenstudy.study.sampling import make_sampler, untried
 from greenstudy.study.tune import run_study
+from greenstudy.study.waiting import next_to_continue
 from greenstudy.training.control import EpochReport
 from tests.conftest import PYTHON, ROOT, entry_env
 
@@ -132,6 +133,32 @@ def test_a_finite_space_samples_only_untried_configurations(sampler: str) -> Non
     assert sorted(t.params["batch_size"] for t in study.trials) == config.batch_choices  # each once, then it stops
 
 
+def test_a_trial_waits_at_a_rung_until_it_is_among_the_best() -> None:
+    """Without waiting, "the best 1 of 1" promoted every first trial at a rung to its full budget."""
+    alone = decide(0, {0: (1.0, 9.0)}, 3, can_wait=True)
+    assert alone.waits and not alone.promoted and alone.kept == 0 and "waits, place 1 of 1" in alone.text(0, 1, 9)
+    records = {0: (40.0, 1.0), 1: (50.0, 2.0), 2: (45.0, 3.0)}
+    assert decide(1, records, 3, can_wait=True).promoted and decide(0, records, 3, can_wait=True).waits
+    assert not decide(0, records, 3).waits  # nothing more to wait for: not promoted, for good
+
+    def at(number: int, batch_size: int, rung: int, acc: float, kwh: float, **attrs: object):
+        record = {f"rung_{r}": {"val_acc1": acc, "energy_kwh": kwh * (r + 1), "epoch": r + 1} for r in range(rung + 1)}
+        return frozen(number, batch_size, TrialState.PRUNED, pruned=PAUSED, rung=rung, energy_kwh=kwh, **record, **attrs)
+
+    trials = [at(0, 16, 0, 40.0, 1.0), at(1, 32, 0, 50.0, 2.0), at(2, 64, 0, 45.0, 3.0)]
+    assert next_to_continue(trials, 3, may_wait=True).number == 1  # the best 1 of 3 at rung 0
+    trials.append(frozen(3, 32, TrialState.PRUNED, pruned=PAUSED, continues=1, rung=1, energy_kwh=4.0,
+                         rung_1={"val_acc1": 55.0, "energy_kwh": 6.0, "epoch": 3}))
+    assert next_to_continue(trials, 3, may_wait=True) is None  # 1 is continued; 3 is alone at rung 1 and may wait
+    assert next_to_continue(trials, 3, may_wait=False).number == 3  # nothing left to wait for: the deepest rung first
+    trials.append(frozen(4, 32, TrialState.COMPLETE, [60.0, 12.0], continues=3, energy_kwh=6.0))
+    assert next_to_continue(trials, 3, may_wait=False) is None  # 0 and 2 are not the best 1 of 3 at rung 0
+    counts = count_trials(trials)
+    assert (counts["trained"], counts["paused"], counts["continued"]) == (1, 2, 2)
+    assert "pruned 0, paused 2, continued 2," in counts_text(counts)
+    assert study_energy_kwh(trials) == pytest.approx(1.0 + 2.0 + 3.0 + 4.0 + 6.0)  # each trial bills its own part
+
+
 # ---------------------------------------------------------------- real trials
 
 
@@ -200,13 +227,77 @@ def test_interrupted_trial_is_billed_and_its_configuration_tried_again(
     assert study.get_trials()[1].state == TrialState.COMPLETE
 
 
+def test_a_waiting_trial_is_continued_from_its_checkpoint_in_its_own_run(
+    tiny_data_dir: Path, tracking_uri: str, tmp_path: Path
+) -> None:
+    """A trial paused at a rung keeps its checkpoint; the trial that continues it trains on from the next
+    epoch in the same MLflow run, and the study bills every sitting once."""
+    checkpoints = tmp_path / "checkpoints"
+    config = config_for(tiny_data_dir, tmp_path, run={"epochs": 2, "checkpoint_dir": str(checkpoints)}, budget="epochs",
+                        max_batch_size=32, halving_eta=2, stop_beta=0, n_trials=1)
+    run_study(config)  # one configuration begun: alone at its rung (epoch 1 of 2) with one untried left, it waits
+    study = optuna.load_study(study_name="s", storage=config.storage)
+    [paused] = study.get_trials()
+    assert paused.state == TrialState.PRUNED and paused.user_attrs["pruned"] == PAUSED
+    assert "waits, place 1 of 1" in paused.user_attrs["rung_0_decision"]
+    run_id = paused.user_attrs["mlflow_run_id"]
+    client = MlflowClient(tracking_uri)
+    assert (checkpoints / run_id).is_dir() and client.get_run(run_id).data.tags["optuna_state"] == "PRUNED"
+
+    study.enqueue_trial(paused.params, user_attrs={"continues": paused.number})  # as the study queues it once it leads
+    run_study(config)
+    trials = study.get_trials()
+    go_on = trials[1]
+    assert go_on.user_attrs["continues"] == 0 and go_on.state == TrialState.COMPLETE
+    assert go_on.user_attrs["mlflow_run_id"] == run_id and go_on.params == paused.params
+    run = client.get_run(run_id)
+    assert [m.step for m in client.get_metric_history(run_id, "val_acc1")] == [1, 2]  # epoch 2 only, from the checkpoint
+    assert run.info.status == "FINISHED" and not {"optuna_state", "stopped_early"} & set(run.data.tags)
+    assert not (checkpoints / run_id).exists()  # finished: the checkpoint is dropped
+    metrics = run.data.metrics
+    assert go_on.values[1] == pytest.approx(metrics["train_energy_kwh"] + metrics["val_energy_kwh"])  # both sittings
+    assert paused.user_attrs["energy_kwh"] + go_on.user_attrs["energy_kwh"] == pytest.approx(metrics["energy_kwh"])
+    assert 0 < go_on.user_attrs["energy_kwh"] < metrics["energy_kwh"]
+    runs = {t.user_attrs["mlflow_run_id"] for t in trials if "mlflow_run_id" in t.user_attrs}
+    assert study_energy_kwh(trials) == pytest.approx(sum(client.get_run(r).data.metrics["energy_kwh"] for r in runs))
+    assert len(trials) == 3 and trials[2].params != paused.params  # then the other batch size, judged at the rung
+    assert count_trials(trials)["continued"] == 1 and count_trials(trials)["paused"] == 0
+
+
+def test_waiting_trains_only_the_best_configuration_to_its_full_budget(
+    tiny_data_dir: Path, tracking_uri: str, tmp_path: Path
+) -> None:
+    """Three batch sizes, a rung at epoch 1 of 3, eta 3: without waiting the first trial ran all 3 epochs
+    whatever it was worth; with it, the first two wait, and only the best at the rung goes on."""
+    checkpoints = tmp_path / "checkpoints"
+    config = config_for(tiny_data_dir, tmp_path, run={"epochs": 3, "checkpoint_dir": str(checkpoints)}, budget="epochs",
+                        max_batch_size=64, halving_eta=3, stop_beta=0, n_trials=10)
+    outcome = run_study(config)
+    trials = optuna.load_study(study_name="s", storage=config.storage).get_trials()
+    first_two = sorted(trials, key=lambda t: t.number)[:2]
+    assert all("waits" in t.user_attrs["rung_0_decision"] for t in first_two)
+    [complete] = [t for t in trials if t.state == TrialState.COMPLETE]
+    at_rung = {t.params["batch_size"]: t.user_attrs["rung_0"]["val_acc1"] for t in trials if "rung_0" in t.user_attrs}
+    assert len(at_rung) == 3 and at_rung[complete.params["batch_size"]] == max(at_rung.values())
+    client = MlflowClient(tracking_uri)
+    runs = {t.user_attrs["mlflow_run_id"] for t in trials}
+    assert len(runs) == 3  # one run per configuration, a continued one included
+    epochs = sorted(len(client.get_metric_history(r, "val_acc1")) for r in runs)
+    assert epochs == [1, 1, 3]  # 5 of the grid's 9 epochs
+    assert study_energy_kwh(trials) == pytest.approx(sum(client.get_run(r).data.metrics["energy_kwh"] for r in runs))
+    assert not checkpoints.exists() or not any(checkpoints.iterdir())  # finished or released: none left behind
+    parent = client.get_run(outcome.parent_run_id).data.metrics
+    assert parent["trials_trained"] == 1 and parent["study_energy_kwh"] == pytest.approx(study_energy_kwh(trials))
+    assert parent["trials_paused"] + parent["trials_continued"] + parent["trials_pruned_not_promoted"] == len(trials) - 1
+
+
 def test_successive_halving_with_two_workers_on_one_storage(tiny_data_dir: Path, tracking_uri: str, tmp_path: Path) -> None:
     """Two entry-script workers on one SQLite study: rung 0 at epoch 1 of 3 (eta 3); every decision is logged,
     and the later trials are judged against trials of the other worker."""
     args = ["--model", "efficientnet_b0", "--variant", "baseline", "--epochs", "3", "--train-subset", "64",
             "--val-size", "50", "--download", "false", "--batch-size", "32", "--max-batch-size", "64",
             "--lr-scaling", "linear", "--budget", "epochs", "--halving-eta", "3", "--stop-beta", "0",
-            "--study-name", "asha", "--n-trials", "3", "--data-dir", str(tiny_data_dir)]
+            "--study-name", "asha", "--n-trials", "3", "--data-dir", str(tiny_data_dir), "--halving-wait", "false"]
     env = {**entry_env(tracking_uri), "GREENSTUDY_ENERGY_LOCK": str(tmp_path / "energy.lock"), "OMP_NUM_THREADS": "1"}
     workers = [subprocess.Popen([PYTHON, TUNE, *args, "--sampler-seed", str(seed)], cwd=tmp_path, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seed in (1, 2)]

@@ -89,10 +89,11 @@ def _control(cfg: RunConfig, control: TrainingControl | None) -> TrainingControl
 
 def run_variant(
     bench: Bench, variant: str, tags: dict[str, str], control: TrainingControl | None = None, lean: bool = False,
-    upstream: Upstream | None = None, resume_run_id: str = "",
+    upstream: Upstream | None = None, resume_run_id: str = "", checkpoint: bool | None = None,
 ) -> ChildOutcome:
     """One variant as a nested child run (or `resume_run_id` reopened in place). A failure marks the
-    child FAILED and is returned, not raised; Ctrl-C is re-raised after the child is marked KILLED."""
+    child FAILED and is returned, not raised; Ctrl-C is re-raised after the child is marked KILLED.
+    `checkpoint`: save one after every epoch (default: unless `lean`); a control that paused keeps it."""
     cfg = bench.cfg
     control = _control(cfg, control)
     child_tags = {"kind": "variant", **tags, "variant": variant}
@@ -107,7 +108,8 @@ def run_variant(
             run_id = run.info.run_id
             if not resume_run_id:
                 mlflow.log_params(contract_params(cfg, variant, bench.device))
-            checkpointer = None if lean else Checkpointer(Path(cfg.checkpoint_dir).resolve() / run_id)
+            keep_checkpoints = (not lean) if checkpoint is None else checkpoint
+            checkpointer = Checkpointer(Path(cfg.checkpoint_dir).resolve() / run_id) if keep_checkpoints else None
             resume = checkpointer.load(fingerprint(cfg)) if checkpointer and checkpointer.exists() else None
             if checkpointer:
                 mlflow.set_tag("checkpoint", str(checkpointer.path))
@@ -121,7 +123,7 @@ def run_variant(
                     partial.update(_keep_partial_energy(job))
                 raise
             metrics = log_record(record, cfg, lean)
-            if checkpointer:
+            if checkpointer and not control.paused:
                 checkpointer.remove()
             last = record.history[-1] if record.history else {}
             say(f"[{cfg.model}/{variant}] finished: " + _headline(metrics))

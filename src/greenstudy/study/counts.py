@@ -4,6 +4,9 @@
 - reused: a repeat of a measured configuration, answered from it (ended PRUNED, `pruned=reused`, 0 kWh);
 - pruned, by reason: `over_budget` (the energy-aware stop), `target_not_reached`, `not_promoted`
   (successive halving, greenstudy.study.fidelity);
+- paused: waited at a rung (successive halving with waiting) and has not been continued; continued: a
+  paused trial that a later trial (`continues`) took on from its checkpoint, so that one configuration's
+  training is the chain of its trials;
 - failed: training raised (NaN loss, out of memory, ...), user attribute `fail_reason`;
 - interrupted: Ctrl-C/SIGTERM (user attribute `interrupted`), or a worker that died and whose trial
   the heartbeat marked FAIL (no `fail_reason`);
@@ -16,18 +19,26 @@ from collections.abc import Sequence
 
 from optuna.trial import FrozenTrial, TrialState
 
-from greenstudy.study.kinds import PRUNE_KINDS
+from greenstudy.study.kinds import CONTINUES, PAUSED, PRUNE_KINDS
 
-KINDS = ("trained", "reused", "pruned", "failed", "interrupted", "running")
+KINDS = ("trained", "reused", "pruned", "paused", "continued", "failed", "interrupted", "running")
 
 
-def kind_of(trial: FrozenTrial) -> str:
-    """trained, reused, pruned:<reason>, failed, interrupted or running."""
+def continued_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
+    """Paused trials that a later trial continues (queued, running or ended; a failed continuation does not)."""
+    return {int(t.user_attrs[CONTINUES]) for t in trials if CONTINUES in t.user_attrs and t.state != TrialState.FAIL}
+
+
+def kind_of(trial: FrozenTrial, continued: set[int] = frozenset()) -> str:
+    """trained, reused, pruned:<reason>, paused, continued (a paused trial in `continued`), failed,
+    interrupted or running."""
     attrs = trial.user_attrs
     if "reused_from" in attrs:
         return "reused"
     if trial.state == TrialState.COMPLETE:
         return "trained"
+    if trial.state == TrialState.PRUNED and attrs.get("pruned") == PAUSED:
+        return "continued" if trial.number in continued else "paused"
     if trial.state == TrialState.PRUNED:
         return f"pruned:{attrs.get('pruned', 'unknown')}"
     if trial.state == TrialState.FAIL:
@@ -36,8 +47,10 @@ def kind_of(trial: FrozenTrial) -> str:
 
 
 def count_trials(trials: Sequence[FrozenTrial]) -> dict[str, int]:
-    """{trained, reused, pruned, pruned_<reason> (every reason, 0 included), failed, interrupted, running}."""
-    kinds = [kind_of(t) for t in trials]
+    """{trained, reused, pruned, pruned_<reason> (every reason, 0 included), paused, continued, failed,
+    interrupted, running}."""
+    continued = continued_numbers(trials)
+    kinds = [kind_of(t, continued) for t in trials]
     counts = {kind: kinds.count(kind) for kind in KINDS}
     reasons = {k.split(":", 1)[1] for k in kinds if k.startswith("pruned:")} | set(PRUNE_KINDS)
     for reason in sorted(reasons):
@@ -47,11 +60,14 @@ def count_trials(trials: Sequence[FrozenTrial]) -> dict[str, int]:
 
 
 def counts_text(counts: dict[str, int]) -> str:
-    """`trained 3, reused 1, pruned 2 (over_budget 1, not_promoted 1), failed 0, interrupted 0`."""
+    """`trained 3, reused 1, pruned 2 (over_budget 1, not_promoted 1), failed 0, interrupted 0`, with
+    `paused 2, continued 1` after pruned where successive halving paused trials."""
     reasons = [f"{key[len('pruned_'):]} {n}" for key, n in counts.items() if key.startswith("pruned_") and n]
     pruned = f"pruned {counts['pruned']}" + (f" ({', '.join(reasons)})" if reasons else "")
+    waited = (f", paused {counts.get('paused', 0)}, continued {counts.get('continued', 0)}"
+              if counts.get("paused") or counts.get("continued") else "")
     running = f", running {counts['running']}" if counts.get("running") else ""
-    return (f"trained {counts['trained']}, reused {counts['reused']}, {pruned}, failed {counts['failed']}, "
+    return (f"trained {counts['trained']}, reused {counts['reused']}, {pruned}{waited}, failed {counts['failed']}, "
             f"interrupted {counts['interrupted']}{running}")
 
 

@@ -10,6 +10,15 @@ PRUNED (`pruned=not_promoted`): Optuna's multi-objective studies cannot prune th
 so the study raises `optuna.TrialPruned` itself. Each decision is logged on the trial (user attributes
 `rung`, `rung_<r>_decision`) and on its MLflow run (tag `rung_<r>`).
 
+Waiting (`halving_wait`, default on in a finite space): the first trials at a rung have nothing to be
+compared with, and "the best 1 of 1" would promote every early trial to its full budget, which in a
+space of a few batch sizes spends most of the grid's energy. With waiting, a trial is promoted only when
+it is among the best n // eta of the n at its rung; otherwise, while untried configurations remain
+(more trials will reach the rung), it ends PRUNED `pruned=paused` with its checkpoint kept, and a later
+trial continues it from that checkpoint in the same MLflow run once it is among the best (ASHA as Li
+et al. describe it; greenstudy.study.waiting). Once no untried configuration is left, max(1, n // eta)
+are kept, so the best configuration always reaches the full budget.
+
 A rung's accuracy is read part-way through the one-cycle schedule (the lr still high): it ranks
 configurations, it is not the accuracy they end at. A rung at or after a trial's last epoch is no
 rung: a trial that finished its schedule is never pruned (nor by the energy budget).
@@ -23,7 +32,7 @@ from dataclasses import dataclass, field
 import optuna
 
 from greenstudy.pareto import pareto_front
-from greenstudy.study.kinds import NOT_PROMOTED, OVER_BUDGET
+from greenstudy.study.kinds import NOT_PROMOTED, OVER_BUDGET, PAUSED
 from greenstudy.training.control import EpochReport, TrainingControl
 
 
@@ -94,19 +103,23 @@ class Decision:
     kept: int
     compared: tuple[int, ...]  # trial numbers at the rung, best first
 
+    waits: bool = False  # not promoted (yet): paused until it is among the best
+
     def text(self, rung: int, epoch: int, epochs: int) -> str:
-        verdict = "promoted" if self.promoted else "not promoted"
+        verdict = "promoted" if self.promoted else "waits" if self.waits else "not promoted"
         return (f"rung {rung} (epoch {epoch} of {epochs}): {verdict}, place {self.place} of {self.of} "
                 f"(best {self.kept} kept; trials best first: {', '.join(map(str, self.compared))})")
 
 
-def decide(number: int, records: dict[int, tuple[float, float]], eta: int) -> Decision:
-    """Whether trial `number` is promoted among `records` = {trial number: (val_acc1, energy)} at a rung."""
+def decide(number: int, records: dict[int, tuple[float, float]], eta: int, can_wait: bool = False) -> Decision:
+    """Whether trial `number` is promoted among `records` = {trial number: (val_acc1, energy)} at a rung:
+    among the best n // eta when it `can_wait` for more trials to reach the rung (else it waits), else
+    among the best max(1, n // eta) (else it is not promoted)."""
     numbers = sorted(records)
     order = [numbers[i] for i in promotion_order([records[n] for n in numbers], numbers)]
-    kept = max(1, len(order) // eta)
+    kept = len(order) // eta if can_wait else max(1, len(order) // eta)
     place = order.index(number) + 1
-    return Decision(place <= kept, place, len(order), kept, tuple(order))
+    return Decision(place <= kept, place, len(order), kept, tuple(order), waits=can_wait and place > kept)
 
 
 @dataclass
@@ -116,7 +129,7 @@ class StudyControl(TrainingControl):
 
     total_epochs: int = 0
     rungs: dict[int, list[int]] = field(default_factory=dict)
-    at_rung: Callable[[int, EpochReport], str] | None = None  # -> "" promoted, else the reason it is not
+    at_rung: Callable[[int, EpochReport], tuple[str, str]] | None = None  # -> ("", "") promoted, else (kind, why)
     on_epoch: Callable[[EpochReport], None] | None = None  # every finished epoch (the study's running tally)
     stop_kind: str = ""
 
@@ -138,15 +151,18 @@ class StudyControl(TrainingControl):
             )
             return True
         for rung in self.rungs.get(report.epoch, []) if self.at_rung else []:
-            reason = self.at_rung(rung, report)
-            if reason:
-                self.stop_kind, self.stopped_early = NOT_PROMOTED, reason
+            kind, reason = self.at_rung(rung, report)
+            if kind:
+                self.stop_kind, self.stopped_early = kind, reason
+                self.paused = kind == PAUSED  # the checkpoint stays, for the trial that continues it
                 return True
         return False
 
 
-def judge_at_rung(trial: optuna.Trial, eta: int, epochs: int, rung: int, report: EpochReport) -> str:
-    """Record this trial at `rung` and decide against every trial of the study there: "" promoted, else why not."""
+def judge_at_rung(trial: optuna.Trial, eta: int, epochs: int, rung: int, report: EpochReport,
+                  can_wait: Callable[[], bool] = lambda: False) -> tuple[str, str]:
+    """Record this trial at `rung` and decide against every trial of the study there: ("", "") promoted,
+    else (NOT_PROMOTED or PAUSED, why)."""
     import mlflow
 
     from greenstudy.progress import say
@@ -155,21 +171,24 @@ def judge_at_rung(trial: optuna.Trial, eta: int, epochs: int, rung: int, report:
     records = {t.number: (t.user_attrs[f"rung_{rung}"]["val_acc1"], t.user_attrs[f"rung_{rung}"]["energy_kwh"])
                for t in trial.study.get_trials(deepcopy=False) if f"rung_{rung}" in t.user_attrs}
     records[trial.number] = (report.val_acc1, report.energy_kwh)
-    decision = decide(trial.number, records, eta)
+    decision = decide(trial.number, records, eta, can_wait())
     text = decision.text(rung, report.epoch, epochs)
     trial.set_user_attr(f"rung_{rung}_decision", text)
     trial.set_user_attr("rung", rung + 1 if decision.promoted else rung)
     mlflow.set_tag(f"rung_{rung}", text)  # on the trial's own (active) child run
     say(f"trial #{trial.number}: {text}")
-    return "" if decision.promoted else text
+    if decision.promoted:
+        return "", ""
+    return (PAUSED if decision.waits else NOT_PROMOTED), text
 
 
-def tally(trial: optuna.Trial, report: EpochReport) -> None:
+def tally(trial: optuna.Trial, report: EpochReport, earlier_kwh: float = 0.0) -> None:
     """After every epoch, the trial's run and energy so far in the storage: a worker killed hard leaves a
-    trial that the heartbeat marks FAIL, and the study's bill still holds what its finished epochs spent."""
+    trial that the heartbeat marks FAIL, and the study's bill still holds what its finished epochs spent.
+    A trial continuing a paused one bills only its own part (`earlier_kwh`: what the run had spent before)."""
     import mlflow
 
     active = mlflow.active_run()
     if active is not None and "mlflow_run_id" not in trial.user_attrs:
         trial.set_user_attr("mlflow_run_id", active.info.run_id)
-    trial.set_user_attr("energy_kwh", report.energy_kwh)
+    trial.set_user_attr("energy_kwh", report.energy_kwh - earlier_kwh)

@@ -19,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from greenstudy.pareto import hypervolume_2d, pareto_front
 from greenstudy.study.counts import count_trials, counts_text
-from greenstudy.study.kinds import NOT_PROMOTED, OVER_BUDGET, TARGET_NOT_REACHED  # noqa: F401 - re-exported
+from greenstudy.study.kinds import NOT_PROMOTED, OVER_BUDGET, PAUSED, TARGET_NOT_REACHED  # noqa: F401 - re-exported
 from greenstudy.study.storage import SETTINGS_ATTR
 
 REFERENCE_ATTR = "hypervolume_reference"
@@ -72,14 +72,15 @@ def budget_reference_kwh(trials: Sequence[FrozenTrial], objective: str) -> float
 
 def find_measured(trials: Sequence[FrozenTrial], params: dict[str, object]) -> FrozenTrial | None:
     """A finished trial that already measured `params`: COMPLETE, or PRUNED because the target was not
-    reached or it was not promoted at a rung (the same configuration and seed would end the same way).
+    reached, it was not promoted at a rung (the same configuration and seed would end the same way) or it
+    waits at a rung (a trial that continues it is queued by the study, greenstudy.study.waiting).
     Budget-stopped, failed and interrupted trials do not count: they are measured again."""
     for trial in trials:
         if trial.params != params or "reused_from" in trial.user_attrs:
             continue
         if trial.state == TrialState.COMPLETE:
             return trial
-        if trial.state == TrialState.PRUNED and trial.user_attrs.get("pruned") in (TARGET_NOT_REACHED, NOT_PROMOTED):
+        if trial.state == TrialState.PRUNED and trial.user_attrs.get("pruned") in (TARGET_NOT_REACHED, NOT_PROMOTED, PAUSED):
             return trial
     return None
 

@@ -18,7 +18,9 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from greenstudy.study.budget import budget_steps
 from greenstudy.study.counts import count_metrics, count_trials, counts_text
+from greenstudy.study.fidelity import rung_fractions
 from greenstudy.study.front import (
     ENERGY_METRIC,
     energy_of,
@@ -32,6 +34,7 @@ from greenstudy.study.front import (
     study_energy_kwh,
     trial_energy_kwh,
 )
+from greenstudy.study.params import StudyConfig
 
 
 def progress_line(trial: FrozenTrial, k: int, n: int, directions: Sequence[object], counts: dict[str, int] | None = None) -> str:
@@ -126,3 +129,20 @@ def _best_metrics(prefix: str, trial: FrozenTrial, objective: str) -> dict[str, 
     if objective == "final":
         metrics[f"{prefix}_val_acc1"] = trial.values[0]
     return metrics
+
+
+def study_params(config: StudyConfig, shown_storage: str, sampler_seed: int, train_size: int) -> dict[str, object]:
+    """The study parent run's params."""
+    cfg = config.run
+    return {
+        "study_name": config.study_name, "storage": shown_storage, "sampler": config.sampler,
+        "sampler_seed": sampler_seed, "n_trials": config.n_trials, "timeout_s": config.timeout_s or 0,
+        "variant": config.variant, "model": cfg.model, "dataset": cfg.dataset, "epochs": cfg.epochs,
+        "objective": config.objective, "target_acc1": cfg.target_acc1, "stop_beta": config.stop_beta,
+        "trial_artifacts": config.trial_artifacts, "lr_scaling": config.lr_scaling, "max_batch_size": config.max_batch_size,
+        "batch_size_choices": ",".join(map(str, config.batch_choices)), "reference_batch_size": cfg.batch_size,
+        "base_lr": cfg.lr, "population_size": config.population_size, "hv_ref_energy_kwh": config.hv_ref_energy_kwh or "auto",
+        "budget": config.budget, "budget_steps": budget_steps(config, train_size) if config.budget == "steps" else 0,
+        "halving_eta": config.halving_eta, "halving_wait": config.halving_wait,
+        "rung_fractions": ",".join(f"{f:.4g}" for f in rung_fractions(config.halving_eta, cfg.epochs)) or "none",
+    }

@@ -51,6 +51,7 @@ class StudyConfig:
     budget: str = "steps"
     budget_steps: int = 0
     halving_eta: int = 3
+    halving_wait: bool = True
 
     def __post_init__(self) -> None:
         self._validate()
@@ -113,6 +114,8 @@ class StudyConfig:
             "stop_at_target": self.run.stop_at_target or self.objective == "to_target",
             "budget": self.budget, "budget_steps": self.budget_steps, "halving_eta": self.halving_eta,
         }
+        if self.halving_wait and self.halving_eta:  # absent = off: studies made before waiting load unchanged
+            settings["halving_wait"] = True
         if self.lr_scaling == "tuned":
             settings["base_lr_range"] = list(self.tuned_lr_range)
         else:
@@ -142,7 +145,7 @@ def default_sampler_seed() -> int:
 STUDY_ARGS = (
     "variant", "objective", "stop_beta", "trial_artifacts", "n_trials", "timeout_s", "study_name", "storage",
     "sampler", "sampler_seed", "population_size", "lr_scaling", "max_batch_size", "hv_ref_energy_kwh",
-    "budget", "budget_steps", "halving_eta",
+    "budget", "budget_steps", "halving_eta", "halving_wait",
 )
 
 
@@ -170,6 +173,9 @@ def tune_parser() -> argparse.ArgumentParser:
     add("--budget", default="steps", help="steps: every trial the same optimizer steps; epochs: the same epochs")
     add("--budget-steps", type=int, default=0, help="optimizer steps per trial; 0: epochs x steps of an epoch at --batch-size")
     add("--halving-eta", type=int, default=3, help="successive halving: keep the best 1/eta at each rung; 0: off")
+    add("--halving-wait", type=parse_bool, default=True,
+        help="a trial not (yet) among the best at a rung waits with its checkpoint instead of ending (finite space)")
+    add("--checkpoint-dir", default="checkpoints", help="where waiting trials keep their checkpoints")
     return parser
 
 

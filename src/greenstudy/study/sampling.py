@@ -18,7 +18,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from greenstudy.study.front import budget_reference_kwh
-from greenstudy.study.kinds import NOT_PROMOTED, OVER_BUDGET, TARGET_NOT_REACHED
+from greenstudy.study.kinds import NOT_PROMOTED, OVER_BUDGET, PAUSED, TARGET_NOT_REACHED
 from greenstudy.study.params import StudyConfig
 
 
@@ -37,7 +37,7 @@ def is_tried(state: TrialState, user_attrs: dict[str, object], budget_now: float
     if state == TrialState.PRUNED and user_attrs.get("pruned") == OVER_BUDGET:
         stopped_at = user_attrs.get("budget_kwh")
         return budget_now is not None and stopped_at is not None and budget_now <= float(stopped_at) * (1 + 1e-9)
-    return state == TrialState.PRUNED and user_attrs.get("pruned") in (TARGET_NOT_REACHED, NOT_PROMOTED)
+    return state == TrialState.PRUNED and user_attrs.get("pruned") in (TARGET_NOT_REACHED, NOT_PROMOTED, PAUSED)
 
 
 def taken_batch_sizes(trials: Sequence[FrozenTrial], config: StudyConfig, current: int | None = None) -> set[int]:

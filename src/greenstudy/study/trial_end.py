@@ -47,14 +47,15 @@ def child_energy_kwh(child: object, client: object) -> float:
     return logged_energy_kwh(child.run_id, client)
 
 
-def record_interrupt(trial: optuna.Trial, interrupt: BaseException, client: object) -> None:
-    """Before Optuna marks an interrupted trial FAIL: its run, what it spent, and that it was cut."""
+def record_interrupt(trial: optuna.Trial, interrupt: BaseException, client: object, earlier_kwh: float = 0.0) -> None:
+    """Before Optuna marks an interrupted trial FAIL: its run, what it spent (a continuing trial: less what
+    its run had spent before it, `earlier_kwh`), and that it was cut."""
     child = getattr(interrupt, "child", None)
     run_id = getattr(child, "run_id", "") or ""
     trial.set_user_attr("interrupted", True)
     trial.set_user_attr("mlflow_run_id", run_id)
     try:
-        trial.set_user_attr("energy_kwh", logged_energy_kwh(run_id, client))
+        trial.set_user_attr("energy_kwh", max(0.0, logged_energy_kwh(run_id, client) - earlier_kwh))
     except Exception:  # noqa: BLE001 - the store unreachable mid-interrupt: the run still holds the figure
         trial.set_user_attr("energy_kwh", 0.0)
 

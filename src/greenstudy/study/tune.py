@@ -38,13 +38,14 @@ import dataclasses
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial
 
 from greenstudy.errors import ConfigError, GreenstudyError
 from greenstudy.interrupts import stop_if_interrupted
-from greenstudy.study.budget import budget_steps, optimizer_steps, trial_epochs
+from greenstudy.study.budget import optimizer_steps, trial_epochs
 from greenstudy.study.counts import count_trials, counts_text, kind_of
 from greenstudy.study.fidelity import StudyControl, judge_at_rung, rung_epochs, rung_fractions, tally
 from greenstudy.study.front import (
@@ -56,11 +57,13 @@ from greenstudy.study.front import (
     find_measured,
     study_summary_lines,
 )
-from greenstudy.study.log import FrontLogger, progress_line
+from greenstudy.study.kinds import CONTINUES
+from greenstudy.study.log import FrontLogger, progress_line, study_params
 from greenstudy.study.params import StudyConfig, default_sampler_seed, scaled_lr
 from greenstudy.study.sampling import make_sampler, untried
 from greenstudy.study.storage import create_or_load_study, default_storage_url, masked_url, open_storage
-from greenstudy.study.trial_end import child_energy_kwh, free_accelerator_memory, record_interrupt, reuse
+from greenstudy.study.trial_end import child_energy_kwh, free_accelerator_memory, logged_energy_kwh, record_interrupt, reuse
+from greenstudy.study.waiting import can_wait, queue_continuation, release_checkpoints, waiting_enabled
 
 REUSE_ALLOWANCE = 50  # proposals answered from a measured trial (instant, 0 kWh) that n_trials does not count
 
@@ -119,7 +122,7 @@ class Trainer:
         trial.set_user_attr("lr", lr)
         return batch_size, lr
 
-    def control(self, trial: optuna.Trial, epochs: int) -> StudyControl:
+    def control(self, trial: optuna.Trial, epochs: int, earlier_kwh: float = 0.0) -> StudyControl:
         """The trial's control: the target (stop there for `to_target`), the energy budget and the rungs."""
         cfg, config = self.config.run, self.config
         budget = None
@@ -131,36 +134,61 @@ class Trainer:
         rungs = rung_epochs(rung_fractions(config.halving_eta, cfg.epochs), epochs)
         return StudyControl(
             target_acc1=cfg.target_acc1, stop_at_target=stop_at_target, budget_kwh=budget, total_epochs=epochs, rungs=rungs,
-            at_rung=lambda rung, report: judge_at_rung(trial, config.halving_eta, epochs, rung, report),
-            on_epoch=lambda report: tally(trial, report),
+            at_rung=lambda rung, report: judge_at_rung(trial, config.halving_eta, epochs, rung, report,
+                                                       lambda: can_wait(trial.study, config)),
+            on_epoch=lambda report: tally(trial, report, earlier_kwh),
         )
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         self.started.append(trial.number)
         batch_size, lr = self.propose(trial)
         earlier = [t for t in trial.study.get_trials(deepcopy=False) if t.number != trial.number]
+        if CONTINUES in trial.user_attrs:
+            paused = next(t for t in earlier if t.number == int(trial.user_attrs[CONTINUES]))
+            return self.go_on(trial, paused, earlier, batch_size, lr)
         measured = find_measured(earlier, trial.params)
         if measured is not None:
             reuse(trial, measured)
         return self.train(trial, batch_size, lr)
 
-    def train(self, trial: optuna.Trial, batch_size: int, lr: float) -> tuple[float, ...]:
+    def go_on(self, trial: optuna.Trial, paused: FrozenTrial, earlier: list[FrozenTrial], batch_size: int,
+              lr: float) -> tuple[float, ...]:
+        """Continue `paused` from its checkpoint in its own MLflow run (greenstudy.study.waiting)."""
+        if any(t.user_attrs.get(CONTINUES) == paused.number and t.state != optuna.trial.TrialState.FAIL
+               and t.number < trial.number for t in earlier):  # another worker took it first
+            reuse(trial, paused)
+        from greenstudy.training.checkpoint import Checkpointer
+
+        run_id = paused.user_attrs["mlflow_run_id"]
+        if not Checkpointer(Path(self.config.run.checkpoint_dir).resolve() / run_id).exists():
+            trial.set_user_attr("continue_note", f"checkpoint of run {run_id} not found: trained from its first epoch")
+            return self.train(trial, batch_size, lr)  # a run of its own: the paused one keeps what it spent
+        tags = self.client.get_run(run_id).data.tags
+        for tag in ("optuna_state", "prune_reason", "stopped_early"):  # it trains again: no longer pruned
+            if tag in tags:
+                self.client.delete_tag(run_id, tag)
+        return self.train(trial, batch_size, lr, run_id, logged_energy_kwh(run_id, self.client))
+
+    def train(self, trial: optuna.Trial, batch_size: int, lr: float, resume_run_id: str = "",
+              earlier_kwh: float = 0.0) -> tuple[float, ...]:
+        """Train one configuration (or continue it: `resume_run_id`, which had spent `earlier_kwh`)."""
         from greenstudy.runs.main_run import run_variant
 
         config = self.config
         epochs = trial_epochs(config, batch_size, self.train_size)
         trial.set_user_attr("epochs", epochs)
         trial.set_user_attr("optimizer_steps", optimizer_steps(epochs, batch_size, self.train_size))
-        control = self.control(trial, epochs)
+        control = self.control(trial, epochs, earlier_kwh)
         bench = dataclasses.replace(self.bench, cfg=config.run.replace(batch_size=batch_size, lr=lr, epochs=epochs))
         tags = {**self.tags, "kind": "trial", "trial_number": str(trial.number)}
         try:
-            child = run_variant(bench, config.variant, tags, control=control, lean=not config.trial_artifacts)
+            child = run_variant(bench, config.variant, tags, control=control, lean=not config.trial_artifacts,
+                                resume_run_id=resume_run_id, checkpoint=True if waiting_enabled(config) and control.rungs else None)
         except KeyboardInterrupt as interrupt:
-            record_interrupt(trial, interrupt, self.client)
+            record_interrupt(trial, interrupt, self.client, earlier_kwh)
             raise
         trial.set_user_attr("mlflow_run_id", child.run_id)
-        trial.set_user_attr("energy_kwh", child_energy_kwh(child, self.client))
+        trial.set_user_attr("energy_kwh", child_energy_kwh(child, self.client) - earlier_kwh)
         if "val_acc1" in child.last_epoch:
             trial.set_user_attr("val_acc1", child.last_epoch["val_acc1"])
         if child.run_id:
@@ -260,9 +288,12 @@ def _run_parent(config: StudyConfig, study: optuna.Study, trainer: Trainer, show
 
     def remember(study: optuna.Study, trial: FrozenTrial) -> None:
         session.append(trial)
-        trained = sum(kind_of(t) != "reused" for t in session)  # reused copies do not count in n_trials
+        # reused copies and continuations of paused trials do not count in n_trials (configurations begun)
+        trained = sum(kind_of(t) != "reused" and CONTINUES not in t.user_attrs for t in session)
         say(progress_line(trial, trained, config.n_trials, study.directions, count_trials(study.get_trials(deepcopy=False))))
-        if untried(study, config) == []:
+        if queue_continuation(study, config):
+            pass  # the next trial continues a paused one, whatever n_trials says: the bracket is finished
+        elif untried(study, config) == []:
             say(f"every batch size of {config.batch_choices} has been tried or is in progress: the study stops here")
             study.stop()
         elif trained >= config.n_trials:
@@ -272,6 +303,7 @@ def _run_parent(config: StudyConfig, study: optuna.Study, trainer: Trainer, show
     parent_tags = {**trainer.tags, "kind": "study", "optuna_storage": shown_storage, "optuna_sampler": config.sampler,
                    "sampler_seed": str(sampler_seed), "objective": config.objective}
     left = untried(study, config)
+    queued = queue_continuation(study, config)  # a paused trial left by an earlier session, now among the best
     with run_scope(f"study-{config.study_name}", cfg.experiment_name, tags=parent_tags) as parent:
         existing = mlflow.get_run(parent.info.run_id).data.params
         params = study_params(config, shown_storage, sampler_seed, trainer.train_size)
@@ -285,7 +317,7 @@ def _run_parent(config: StudyConfig, study: optuna.Study, trainer: Trainer, show
             if waited:
                 mlflow.log_metrics(wait_metrics(waited))
         try:
-            if left == []:
+            if left == [] and not queued:
                 say(f"every batch size of {config.batch_choices} has been tried already: no new trial")
             else:  # each trial holds the machine's measurement lock while it trains (greenstudy.measure.energy)
                 study.optimize(trainer, n_trials=config.n_trials + REUSE_ALLOWANCE, timeout=config.timeout_s,
@@ -295,6 +327,9 @@ def _run_parent(config: StudyConfig, study: optuna.Study, trainer: Trainer, show
             session.extend(study.trials[n] for n in trainer.started if n not in told)
             front_logger(study)  # again at the end: other workers may have finished trials meanwhile
             meter.stop()
+            released = release_checkpoints(study, config, trainer.client)
+            if released:
+                say(f"paused trials {released} cannot be continued any more: their checkpoints are dropped")
         counts = count_trials(session)
         summary = [
             f"study: {config.study_name}  storage: {shown_storage}",
@@ -311,19 +346,3 @@ def _run_parent(config: StudyConfig, study: optuna.Study, trainer: Trainer, show
         config.study_name, shown_storage, parent.info.run_id, [t.number for t in session],
         counts["trained"], counts["failed"], summary,
     )
-
-
-def study_params(config: StudyConfig, shown_storage: str, sampler_seed: int, train_size: int) -> dict[str, object]:
-    cfg = config.run
-    return {
-        "study_name": config.study_name, "storage": shown_storage, "sampler": config.sampler,
-        "sampler_seed": sampler_seed, "n_trials": config.n_trials, "timeout_s": config.timeout_s or 0,
-        "variant": config.variant, "model": cfg.model, "dataset": cfg.dataset, "epochs": cfg.epochs,
-        "objective": config.objective, "target_acc1": cfg.target_acc1, "stop_beta": config.stop_beta,
-        "trial_artifacts": config.trial_artifacts, "lr_scaling": config.lr_scaling, "max_batch_size": config.max_batch_size,
-        "batch_size_choices": ",".join(map(str, config.batch_choices)), "reference_batch_size": cfg.batch_size,
-        "base_lr": cfg.lr, "population_size": config.population_size, "hv_ref_energy_kwh": config.hv_ref_energy_kwh or "auto",
-        "budget": config.budget, "budget_steps": budget_steps(config, train_size) if config.budget == "steps" else 0,
-        "halving_eta": config.halving_eta,
-        "rung_fractions": ",".join(f"{f:.4g}" for f in rung_fractions(config.halving_eta, cfg.epochs)) or "none",
-    }

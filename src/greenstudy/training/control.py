@@ -32,6 +32,7 @@ class TrainingControl:
     reached: EpochReport | None = None
     last: EpochReport | None = None
     stopped_early: str = ""
+    paused: bool = False  # stopped to be continued later: the checkpoint is kept and not marked stopped
 
     def after_epoch(self, report: EpochReport) -> bool:
         """Record `report`; True when training should stop now."""

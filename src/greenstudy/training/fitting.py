@@ -189,7 +189,7 @@ def _epochs(cfg: RunConfig, data: CifarData, meter: EnergyMeter, setup: TrainSet
         if ranks:  # only rank 0 measures the energy a budget stop needs
             stop = distributed.leader_decides(stop)
         if checkpointer is not None:  # before logging: every logged epoch is in the checkpoint
-            _save(checkpointer, cfg, setup, epoch, result.history, control, stop)
+            _save(checkpointer, cfg, setup, epoch, result.history, control, stop and not control.paused)
         log(metrics, epoch)
         if progress is not None:
             progress.epoch(epoch, metrics, cumulative)

@@ -1,0 +1,105 @@
+"""Successive halving with waiting: paused trials and the trials that continue them (greenstudy.study.fidelity).
+
+A trial that waits at a rung ends PRUNED (`pruned=paused`, user attribute `rung` = the rung it waits at),
+its child run FINISHED and its checkpoint kept. After every trial the study asks `queue_continuation`:
+the paused trial that is now among the best at its rung (the deepest rung first, as ASHA promotes; then
+the best place) gets a new trial enqueued with its parameters and `continues=<number>`. That trial
+reopens the paused trial's MLflow run, loads its checkpoint and trains on from the next epoch, so one
+configuration's training is the chain of its trials, one rung record on each. The continuing trial
+bills only what it spends itself (`energy_kwh`); its objective values are the whole run's, every
+sitting, since that is what the configuration cost. A paused trial whose checkpoint is gone (another
+machine's folder) is trained again from its first epoch in a run of its own (`continue_note` says so).
+
+Waiting needs a finite space (`lr_scaling` linear or sqrt): in a continuous one there is always an
+untried configuration, and a paused trial could wait for ever.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from greenstudy.study.counts import continued_numbers
+from greenstudy.study.fidelity import decide
+from greenstudy.study.kinds import CONTINUES, PAUSED
+from greenstudy.study.params import StudyConfig
+from greenstudy.study.sampling import untried
+
+
+def waiting_enabled(config: StudyConfig) -> bool:
+    """Whether trials may wait at a rung: halving on, `halving_wait` on and a finite space."""
+    return config.halving_wait and config.halving_eta >= 2 and config.lr_scaling != "tuned"
+
+
+def can_wait(study: optuna.Study, config: StudyConfig) -> bool:
+    """Whether a trial at a rung may wait now: more trials will reach the rung (an untried configuration is left)."""
+    return waiting_enabled(config) and bool(untried(study, config))
+
+
+def waiting_trials(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """Paused trials that no trial continues yet."""
+    continued = continued_numbers(trials)
+    return [t for t in trials
+            if t.state == TrialState.PRUNED and t.user_attrs.get("pruned") == PAUSED and t.number not in continued]
+
+
+def rung_records(trials: Sequence[FrozenTrial], rung: int) -> dict[int, tuple[float, float]]:
+    """{trial number: (val_acc1, energy_kwh)} of every trial that recorded `rung`."""
+    key = f"rung_{rung}"
+    return {t.number: (float(t.user_attrs[key]["val_acc1"]), float(t.user_attrs[key]["energy_kwh"]))
+            for t in trials if key in t.user_attrs}
+
+
+def next_to_continue(trials: Sequence[FrozenTrial], eta: int, may_wait: bool) -> FrozenTrial | None:
+    """The paused trial to continue now, if one is among the best at its rung (greenstudy.study.fidelity.decide)."""
+    best: tuple[tuple[int, int], FrozenTrial] | None = None
+    for trial in waiting_trials(trials):
+        rung = int(trial.user_attrs.get("rung", 0))
+        records = rung_records(trials, rung)
+        if trial.number not in records:
+            continue
+        decision = decide(trial.number, records, eta, may_wait)
+        if decision.promoted and (best is None or (-rung, decision.place) < best[0]):
+            best = ((-rung, decision.place), trial)
+    return best[1] if best else None
+
+
+def queue_continuation(study: optuna.Study, config: StudyConfig) -> bool:
+    """Enqueue a trial that continues the paused trial now among the best; True when one is queued
+    (now or before: a queued continuation is not started yet)."""
+    from greenstudy.progress import say
+
+    if not waiting_enabled(config):
+        return False
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state == TrialState.WAITING and CONTINUES in t.user_attrs for t in trials):
+        return True
+    paused = next_to_continue(trials, config.halving_eta, can_wait(study, config))
+    if paused is None:
+        return False
+    study.enqueue_trial(paused.params, user_attrs={CONTINUES: paused.number})
+    say(f"trial #{paused.number} ({paused.params}) is among the best at rung {paused.user_attrs.get('rung', 0)} "
+        "now: the next trial continues it from its checkpoint")
+    return True
+
+
+def release_checkpoints(study: optuna.Study, config: StudyConfig, client: object) -> list[int]:
+    """Once nothing can continue them (no untried configuration, no trial running or queued, none among
+    the best), drop the checkpoints of the paused trials; returns their numbers."""
+    from greenstudy.training.checkpoint import Checkpointer
+
+    trials = study.get_trials(deepcopy=False)
+    busy = any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
+    if not waiting_enabled(config) or busy or untried(study, config) or next_to_continue(trials, config.halving_eta, False):
+        return []
+    released = []
+    for trial in waiting_trials(trials):
+        run_id = trial.user_attrs.get("mlflow_run_id", "")
+        if run_id:
+            Checkpointer(Path(config.run.checkpoint_dir).resolve() / run_id).remove()
+            client.set_tag(run_id, "checkpoint", "released: the study ended without continuing this trial")
+            released.append(trial.number)
+    return released
