@@ -2,8 +2,10 @@
 
 On real CIFAR-100 (a subset), run every batch size once to its full budget (sampler=grid, stop_beta=0,
 halving_eta=0: the full grid), then, back to back on the same machine and settings, a multi-fidelity
-study: successive halving (halving_eta, default 3: rungs at 1/9 and 1/3 of a 9-epoch budget) with the
-energy-aware early stop (stop_beta=2), every batch size started once. Both use the same budget (default
+study: successive halving (halving_eta, default 3: rungs at 1/9 and 1/3 of a 9-epoch budget), by default
+with waiting (a trial not yet among the best at a rung pauses with its checkpoint and is continued once it
+is: greenstudy.study.waiting; --halving-wait false for plain asynchronous halving), with the energy-aware
+early stop (stop_beta=2), every batch size started once. Both use the same budget (default
 `steps`: every trial the optimizer steps of `epochs` epochs at the reference batch size) and lr rule, and
 the same Optuna storage and MLflow store. Both are measured against one hypervolume reference (val_acc1
 0 %, 2 x the grid's largest trial energy):
@@ -29,7 +31,7 @@ from pathlib import Path
 import mlflow
 import optuna
 
-from greenstudy.config import RunConfig
+from greenstudy.config import RunConfig, parse_bool
 from greenstudy.study.counts import count_trials, counts_text
 from greenstudy.study.front import front_trials, hypervolume, study_energy_kwh
 from greenstudy.study.params import StudyConfig
@@ -54,6 +56,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     add("--n-trials", type=int, default=64, help="the multi-fidelity study stops once every batch size is tried")
     add("--stop-beta", type=float, default=2.0)
     add("--halving-eta", type=int, default=3)
+    add("--halving-wait", type=parse_bool, default=True, help="paused trials wait at a rung and are continued")
     add("--seed", type=int, default=0, help="sampler seed of the study (the grid's order does not matter)")
     add("--out", default="", help="folder for mlflow.db and optuna.db (default: a temp dir)")
     return parser.parse_args(argv)
@@ -61,7 +64,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def study_config(args: argparse.Namespace, folder: Path, name: str, **study: object) -> StudyConfig:
     run = RunConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, train_subset=args.train_subset,
-                    val_size=args.val_size, data_dir=args.data_dir, download=False, experiment="study-efficiency")
+                    val_size=args.val_size, data_dir=args.data_dir, download=False, experiment="study-efficiency",
+                    checkpoint_dir=str(folder / "checkpoints"))
     return StudyConfig(run=run, variant=args.variant, storage=f"sqlite:///{folder / 'optuna.db'}", study_name=name,
                        max_batch_size=args.max_batch_size, lr_scaling="linear", budget=args.budget, **study)
 
@@ -87,14 +91,15 @@ def main(argv: list[str]) -> int:
     trials = optuna.load_study(study_name="grid", storage=grid.storage).get_trials()
     reference = (0.0, 2.0 * max(t.values[1] for t in trials if t.values))
     study = study_config(args, folder, "study", sampler=args.sampler, stop_beta=args.stop_beta, n_trials=args.n_trials,
-                         halving_eta=args.halving_eta, sampler_seed=args.seed, hv_ref_energy_kwh=reference[1])
+                         halving_eta=args.halving_eta, halving_wait=args.halving_wait, sampler_seed=args.seed,
+                         hv_ref_energy_kwh=reference[1])
     run_study(study)
     study_seconds = time.monotonic() - started - grid_seconds
 
     rows = {name: measure(grid.storage, name, reference) for name in ("grid", "study")}
     print(f"settings: {args.model}, {args.train_subset} train / {args.val_size} val images, budget={args.budget} "
           f"({args.epochs} epochs at batch {args.batch_size}), batch sizes 16..{args.max_batch_size}; multi-fidelity study: "
-          f"{args.sampler}, halving_eta={args.halving_eta}, stop_beta={args.stop_beta}")
+          f"{args.sampler}, halving_eta={args.halving_eta}, halving_wait={args.halving_wait}, stop_beta={args.stop_beta}")
     print(f"reference point: val_acc1 0 %, {reference[1] * 1000:.4f} Wh; stores in {folder}")
     for (name, (hv, energy, n, front, counts, best)), seconds in zip(rows.items(), (grid_seconds, study_seconds), strict=True):
         print(f"{name:>5}: {n} trials ({counts}), front {front}, best val_acc1 {best:.2f} %, hypervolume {hv:.6g} %·kWh, "

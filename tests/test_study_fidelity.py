@@ -159,6 +159,26 @@ def test_a_trial_waits_at_a_rung_until_it_is_among_the_best() -> None:
     assert study_energy_kwh(trials) == pytest.approx(1.0 + 2.0 + 3.0 + 4.0 + 6.0)  # each trial bills its own part
 
 
+def test_the_sampler_does_not_end_a_study_whose_paused_trial_may_be_continued(tmp_path: Path) -> None:
+    """The finite-space sampler stopped the study once every batch size was taken, so the continuation
+    the study queued after its last new trial never ran (found in the full-CIFAR study)."""
+    config = StudyConfig(variant="baseline", max_batch_size=64)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(config, 0),
+                                storage=f"sqlite:///{tmp_path / 'o.db'}")
+    study.add_trial(frozen(0, 16, TrialState.PRUNED, pruned=PAUSED, rung=0))
+    study.add_trial(frozen(1, 64, TrialState.COMPLETE, [1.0, 1.0]))
+
+    def queue_after_the_last_new_one(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.number == 2:
+            study.enqueue_trial({"batch_size": 16}, user_attrs={"continues": 0})
+
+    study.optimize(lambda t: (float(t.suggest_categorical("batch_size", config.batch_choices)), 1.0), n_trials=5,
+                   callbacks=[queue_after_the_last_new_one])
+    trials = study.get_trials()
+    assert [(t.number, t.params["batch_size"]) for t in trials] == [(0, 16), (1, 64), (2, 32), (3, 16)]
+    assert trials[3].user_attrs["continues"] == 0 and trials[3].state == TrialState.COMPLETE  # then it stops
+
+
 # ---------------------------------------------------------------- real trials
 
 
@@ -253,11 +273,16 @@ def test_a_waiting_trial_is_continued_from_its_checkpoint_in_its_own_run(
     run = client.get_run(run_id)
     assert [m.step for m in client.get_metric_history(run_id, "val_acc1")] == [1, 2]  # epoch 2 only, from the checkpoint
     assert run.info.status == "FINISHED" and not {"optuna_state", "stopped_early"} & set(run.data.tags)
+    assert run.data.tags["continued_by"] == "1"
     assert not (checkpoints / run_id).exists()  # finished: the checkpoint is dropped
     metrics = run.data.metrics
     assert go_on.values[1] == pytest.approx(metrics["train_energy_kwh"] + metrics["val_energy_kwh"])  # both sittings
+    epochs = [m.value for m in client.get_metric_history(run_id, "epoch_energy_kwh")]
+    assert len(epochs) == 2 and metrics["train_energy_kwh"] + metrics["val_energy_kwh"] == pytest.approx(sum(epochs))
+    rounding = 1e-9 * metrics["energy_kwh"]  # go_on's part is a difference of two totals
+    assert paused.user_attrs["energy_kwh"] >= epochs[0] - rounding and go_on.user_attrs["energy_kwh"] >= epochs[1] - rounding
+    assert epochs[1] > 0
     assert paused.user_attrs["energy_kwh"] + go_on.user_attrs["energy_kwh"] == pytest.approx(metrics["energy_kwh"])
-    assert 0 < go_on.user_attrs["energy_kwh"] < metrics["energy_kwh"]
     runs = {t.user_attrs["mlflow_run_id"] for t in trials if "mlflow_run_id" in t.user_attrs}
     assert study_energy_kwh(trials) == pytest.approx(sum(client.get_run(r).data.metrics["energy_kwh"] for r in runs))
     assert len(trials) == 3 and trials[2].params != paused.params  # then the other batch size, judged at the rung

@@ -187,7 +187,9 @@ def honest_counts(metrics: dict[str, float]) -> str:
         reasons = [f"{key.removeprefix('trials_pruned_')} {n(key)}" for key in sorted(metrics)
                    if key.startswith("trials_pruned_") and n(key)]
         pruned = f"pruned {n('trials_pruned')}" + (f" ({', '.join(reasons)})" if reasons else "")
-        return (f"trained {n('trials_trained')}, reused {n('trials_reused')}, {pruned}, failed {n('trials_failed')}, "
+        waited = (f", paused {n('trials_paused')}, continued {n('trials_continued')}"
+                  if n("trials_paused") or n("trials_continued") else "")
+        return (f"trained {n('trials_trained')}, reused {n('trials_reused')}, {pruned}{waited}, failed {n('trials_failed')}, "
                 f"interrupted {n('trials_interrupted')}")
     if "trials_complete" not in metrics:
         return ""

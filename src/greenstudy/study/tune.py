@@ -167,6 +167,8 @@ class Trainer:
         for tag in ("optuna_state", "prune_reason", "stopped_early"):  # it trains again: no longer pruned
             if tag in tags:
                 self.client.delete_tag(run_id, tag)
+        chain = ",".join(filter(None, (tags.get("continued_by"), str(trial.number))))
+        self.client.set_tag(run_id, "continued_by", chain)  # the trials that took this run on, in order
         return self.train(trial, batch_size, lr, run_id, logged_energy_kwh(run_id, self.client))
 
     def train(self, trial: optuna.Trial, batch_size: int, lr: float, resume_run_id: str = "",
