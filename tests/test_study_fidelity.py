@@ -28,7 +28,7 @@ from greenstudy.study.front import NOT_PROMOTED, OVER_BUDGET, PAUSED, TARGET_NOT
 from greenstudy.study.params import StudyConfig
 from greenstudy.study.sampling import make_sampler, untried
 from greenstudy.study.tune import run_study
-from greenstudy.study.waiting import next_to_continue
+from greenstudy.study.waiting import earlier_sittings_kwh, next_to_continue
 from greenstudy.training.control import EpochReport
 from tests.conftest import PYTHON, ROOT, entry_env
 
@@ -155,6 +155,14 @@ def test_a_trial_waits_at_a_rung_until_it_is_among_the_best() -> None:
     assert next_to_continue(trials, 3, may_wait=False) is None  # 0 and 2 are not the best 1 of 3 at rung 0
     counts = count_trials(trials)
     assert (counts["trained"], counts["paused"], counts["continued"]) == (1, 2, 2)
+    # a continuation killed hard after billing 5.0 on run "r": the next one bills the run's total less 1.0 + 5.0
+    chain = [frozen(0, 16, TrialState.PRUNED, pruned=PAUSED, rung=0, energy_kwh=1.0, mlflow_run_id="r",
+                    rung_0={"val_acc1": 9.0, "energy_kwh": 1.0, "epoch": 1}),
+             frozen(1, 16, TrialState.FAIL, continues=0, energy_kwh=5.0, mlflow_run_id="r")]
+    assert earlier_sittings_kwh(chain, "r", 2) == pytest.approx(6.0)
+    assert next_to_continue(chain, 3, may_wait=False).number == 0  # one failed continuation: tried again
+    chain.append(frozen(2, 16, TrialState.FAIL, continues=0, fail_reason="no checkpoint"))
+    assert next_to_continue(chain, 3, may_wait=False) is None  # given up after two
     assert "pruned 0, paused 2, continued 2," in counts_text(counts)
     assert study_energy_kwh(trials) == pytest.approx(1.0 + 2.0 + 3.0 + 4.0 + 6.0)  # each trial bills its own part
 
@@ -255,19 +263,13 @@ def test_a_waiting_trial_is_continued_from_its_checkpoint_in_its_own_run(
     checkpoints = tmp_path / "checkpoints"
     config = config_for(tiny_data_dir, tmp_path, run={"epochs": 2, "checkpoint_dir": str(checkpoints)}, budget="epochs",
                         max_batch_size=32, halving_eta=2, stop_beta=0, n_trials=1)
-    run_study(config)  # one configuration begun: alone at its rung (epoch 1 of 2) with one untried left, it waits
-    study = optuna.load_study(study_name="s", storage=config.storage)
-    [paused] = study.get_trials()
+    run_study(config)  # n_trials=1: alone at its rung (epoch 1 of 2) with one untried left, it waits; then the
+    study = optuna.load_study(study_name="s", storage=config.storage)  # session closes and continues the best waiting
+    paused, go_on = study.get_trials()
     assert paused.state == TrialState.PRUNED and paused.user_attrs["pruned"] == PAUSED
     assert "waits, place 1 of 1" in paused.user_attrs["rung_0_decision"]
     run_id = paused.user_attrs["mlflow_run_id"]
     client = MlflowClient(tracking_uri)
-    assert (checkpoints / run_id).is_dir() and client.get_run(run_id).data.tags["optuna_state"] == "PRUNED"
-
-    study.enqueue_trial(paused.params, user_attrs={"continues": paused.number})  # as the study queues it once it leads
-    run_study(config)
-    trials = study.get_trials()
-    go_on = trials[1]
     assert go_on.user_attrs["continues"] == 0 and go_on.state == TrialState.COMPLETE
     assert go_on.user_attrs["mlflow_run_id"] == run_id and go_on.params == paused.params
     run = client.get_run(run_id)
@@ -283,10 +285,12 @@ def test_a_waiting_trial_is_continued_from_its_checkpoint_in_its_own_run(
     assert paused.user_attrs["energy_kwh"] >= epochs[0] - rounding and go_on.user_attrs["energy_kwh"] >= epochs[1] - rounding
     assert epochs[1] > 0
     assert paused.user_attrs["energy_kwh"] + go_on.user_attrs["energy_kwh"] == pytest.approx(metrics["energy_kwh"])
-    runs = {t.user_attrs["mlflow_run_id"] for t in trials if "mlflow_run_id" in t.user_attrs}
-    assert study_energy_kwh(trials) == pytest.approx(sum(client.get_run(r).data.metrics["energy_kwh"] for r in runs))
-    assert len(trials) == 3 and trials[2].params != paused.params  # then the other batch size, judged at the rung
+    trials = [paused, go_on]
+    assert study_energy_kwh(trials) == pytest.approx(metrics["energy_kwh"])  # one run, every sitting billed once
     assert count_trials(trials)["continued"] == 1 and count_trials(trials)["paused"] == 0
+    run_study(config)  # the next session: the other batch size, judged at the rung against the first one's record
+    last = study.get_trials()[-1]
+    assert len(study.get_trials()) == 3 and last.params != paused.params and "place" in last.user_attrs["rung_0_decision"]
 
 
 def test_waiting_trains_only_the_best_configuration_to_its_full_budget(

@@ -25,8 +25,10 @@ KINDS = ("trained", "reused", "pruned", "paused", "continued", "failed", "interr
 
 
 def continued_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
-    """Paused trials that a later trial continues (queued, running or ended; a failed continuation does not)."""
-    return {int(t.user_attrs[CONTINUES]) for t in trials if CONTINUES in t.user_attrs and t.state != TrialState.FAIL}
+    """Paused trials that a later trial continues (queued, running or ended; a failed continuation, or a
+    duplicate one that ended as reused, does not)."""
+    return {int(t.user_attrs[CONTINUES]) for t in trials
+            if CONTINUES in t.user_attrs and t.state != TrialState.FAIL and "reused_from" not in t.user_attrs}
 
 
 def kind_of(trial: FrozenTrial, continued: set[int] = frozenset()) -> str:

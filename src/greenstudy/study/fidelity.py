@@ -16,8 +16,9 @@ space of a few batch sizes spends most of the grid's energy. With waiting, a tri
 it is among the best n // eta of the n at its rung; otherwise, while untried configurations remain
 (more trials will reach the rung), it ends PRUNED `pruned=paused` with its checkpoint kept, and a later
 trial continues it from that checkpoint in the same MLflow run once it is among the best (ASHA as Li
-et al. describe it; greenstudy.study.waiting). Once no untried configuration is left, max(1, n // eta)
-are kept, so the best configuration always reaches the full budget.
+et al. describe it; greenstudy.study.waiting). Once no untried configuration is left (or the session
+has begun its n_trials configurations), max(1, n // eta) are kept, so the best configuration reaches the
+full budget.
 
 A rung's accuracy is read part-way through the one-cycle schedule (the lr still high): it ranks
 configurations, it is not the accuracy they end at. A rung at or after a trial's last epoch is no

@@ -114,8 +114,9 @@ class StudyConfig:
             "stop_at_target": self.run.stop_at_target or self.objective == "to_target",
             "budget": self.budget, "budget_steps": self.budget_steps, "halving_eta": self.halving_eta,
         }
-        if self.halving_wait and self.halving_eta:  # absent = off: studies made before waiting load unchanged
-            settings["halving_wait"] = True
+        # what waiting really does here (greenstudy.study.waiting.waiting_enabled); a study made before it has
+        # no such key and reads as False (greenstudy.study.storage.LEGACY_SETTINGS)
+        settings["halving_wait"] = bool(self.halving_wait and self.halving_eta >= 2 and self.lr_scaling != "tuned")
         if self.lr_scaling == "tuned":
             settings["base_lr_range"] = list(self.tuned_lr_range)
         else:

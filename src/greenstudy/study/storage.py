@@ -15,6 +15,7 @@ from greenstudy.errors import ConfigError
 from greenstudy.store import creation_lock
 
 SETTINGS_ATTR = "greenstudy_settings"
+LEGACY_SETTINGS = {"halving_wait": False}  # what a study stored before the setting existed did
 STORAGE_CONNECT_TIMEOUT_S = 5
 HEARTBEAT_INTERVAL_S = 60
 HEARTBEAT_GRACE_S = 180
@@ -107,7 +108,8 @@ def create_or_load_study(
     if stored is None:
         study.set_user_attr(SETTINGS_ATTR, settings)
         stored = optuna.load_study(study_name=name, storage=storage).user_attrs[SETTINGS_ATTR]  # a racing worker may have won
-    differences = [f"{key}={stored.get(key)!r} (asked {value!r})" for key, value in settings.items() if stored.get(key) != value]
+    differences = [f"{key}={stored.get(key, LEGACY_SETTINGS.get(key))!r} (asked {value!r})" for key, value in settings.items()
+                   if stored.get(key, LEGACY_SETTINGS.get(key)) != value]
     if differences:
         raise ConfigError(
             f"study {name!r} was created with other settings: {', '.join(differences)}; "

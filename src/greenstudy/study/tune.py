@@ -22,7 +22,8 @@ What a trial can end as (counted apart: greenstudy.study.counts):
   `pruned=target_not_reached`); the energy-aware stop ended it before its last epoch (`over_budget`):
   once its train + val energy passed `stop_beta` x the reference of the completed trials (best energy
   to target; for `final` the energy of the most expensive trial on the front); or it was not promoted
-  at a rung (`not_promoted`). The child run ends FINISHED, tagged `stopped_early` by the core and
+  at a rung (`not_promoted`); or it waits at a rung with its checkpoint (`paused`: a later trial with
+  `continues=<number>` trains it on, greenstudy.study.waiting). The child run ends FINISHED, tagged `stopped_early` by the core and
   `optuna_state=PRUNED` here, with everything it spent logged. A trial that finished its schedule is
   never pruned by the budget or a rung.
 - Reused: a configuration some finished trial already measured is not retrained; the trial ends PRUNED
@@ -38,7 +39,6 @@ import dataclasses
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial
@@ -62,10 +62,10 @@ from greenstudy.study.log import FrontLogger, progress_line, study_params
 from greenstudy.study.params import StudyConfig, default_sampler_seed, scaled_lr
 from greenstudy.study.sampling import make_sampler, untried
 from greenstudy.study.storage import create_or_load_study, default_storage_url, masked_url, open_storage
-from greenstudy.study.trial_end import child_energy_kwh, free_accelerator_memory, logged_energy_kwh, record_interrupt, reuse
-from greenstudy.study.waiting import can_wait, queue_continuation, release_checkpoints, waiting_enabled
+from greenstudy.study.trial_end import child_energy_kwh, free_accelerator_memory, record_interrupt, reuse
+from greenstudy.study.waiting import can_wait, continue_paused, queue_continuation, release_checkpoints, waiting_enabled
 
-REUSE_ALLOWANCE = 50  # proposals answered from a measured trial (instant, 0 kWh) that n_trials does not count
+REUSE_ALLOWANCE = 50  # reused proposals (instant, 0 kWh) and continuations of paused trials: not in n_trials
 
 
 class StudyFailed(GreenstudyError):
@@ -112,6 +112,7 @@ class Trainer:
     session: list[FrozenTrial]
     train_size: int = 0
     started: list[int] = dataclasses.field(default_factory=list)  # every trial this session began
+    closing: bool = False  # this session begins no new configuration: trials at a rung are decided for good
 
     def propose(self, trial: optuna.Trial) -> tuple[int, float]:
         cfg = self.config.run
@@ -135,7 +136,7 @@ class Trainer:
         return StudyControl(
             target_acc1=cfg.target_acc1, stop_at_target=stop_at_target, budget_kwh=budget, total_epochs=epochs, rungs=rungs,
             at_rung=lambda rung, report: judge_at_rung(trial, config.halving_eta, epochs, rung, report,
-                                                       lambda: can_wait(trial.study, config)),
+                                                       lambda: can_wait(trial.study, config, self.closing)),
             on_epoch=lambda report: tally(trial, report, earlier_kwh),
         )
 
@@ -145,31 +146,12 @@ class Trainer:
         earlier = [t for t in trial.study.get_trials(deepcopy=False) if t.number != trial.number]
         if CONTINUES in trial.user_attrs:
             paused = next(t for t in earlier if t.number == int(trial.user_attrs[CONTINUES]))
-            return self.go_on(trial, paused, earlier, batch_size, lr)
+            run_id, earlier_kwh = continue_paused(trial, paused, earlier, self.client, self.config)
+            return self.train(trial, batch_size, lr, run_id, earlier_kwh)
         measured = find_measured(earlier, trial.params)
         if measured is not None:
             reuse(trial, measured)
         return self.train(trial, batch_size, lr)
-
-    def go_on(self, trial: optuna.Trial, paused: FrozenTrial, earlier: list[FrozenTrial], batch_size: int,
-              lr: float) -> tuple[float, ...]:
-        """Continue `paused` from its checkpoint in its own MLflow run (greenstudy.study.waiting)."""
-        if any(t.user_attrs.get(CONTINUES) == paused.number and t.state != optuna.trial.TrialState.FAIL
-               and t.number < trial.number for t in earlier):  # another worker took it first
-            reuse(trial, paused)
-        from greenstudy.training.checkpoint import Checkpointer
-
-        run_id = paused.user_attrs["mlflow_run_id"]
-        if not Checkpointer(Path(self.config.run.checkpoint_dir).resolve() / run_id).exists():
-            trial.set_user_attr("continue_note", f"checkpoint of run {run_id} not found: trained from its first epoch")
-            return self.train(trial, batch_size, lr)  # a run of its own: the paused one keeps what it spent
-        tags = self.client.get_run(run_id).data.tags
-        for tag in ("optuna_state", "prune_reason", "stopped_early"):  # it trains again: no longer pruned
-            if tag in tags:
-                self.client.delete_tag(run_id, tag)
-        chain = ",".join(filter(None, (tags.get("continued_by"), str(trial.number))))
-        self.client.set_tag(run_id, "continued_by", chain)  # the trials that took this run on, in order
-        return self.train(trial, batch_size, lr, run_id, logged_energy_kwh(run_id, self.client))
 
     def train(self, trial: optuna.Trial, batch_size: int, lr: float, resume_run_id: str = "",
               earlier_kwh: float = 0.0) -> tuple[float, ...]:
@@ -185,12 +167,13 @@ class Trainer:
         tags = {**self.tags, "kind": "trial", "trial_number": str(trial.number)}
         try:
             child = run_variant(bench, config.variant, tags, control=control, lean=not config.trial_artifacts,
-                                resume_run_id=resume_run_id, checkpoint=True if waiting_enabled(config) and control.rungs else None)
+                                resume_run_id=resume_run_id,
+                                checkpoint=True if resume_run_id or (waiting_enabled(config) and control.rungs) else None)
         except KeyboardInterrupt as interrupt:
             record_interrupt(trial, interrupt, self.client, earlier_kwh)
             raise
         trial.set_user_attr("mlflow_run_id", child.run_id)
-        trial.set_user_attr("energy_kwh", child_energy_kwh(child, self.client) - earlier_kwh)
+        trial.set_user_attr("energy_kwh", max(0.0, child_energy_kwh(child, self.client) - earlier_kwh))
         if "val_acc1" in child.last_epoch:
             trial.set_user_attr("val_acc1", child.last_epoch["val_acc1"])
         if child.run_id:
@@ -293,7 +276,8 @@ def _run_parent(config: StudyConfig, study: optuna.Study, trainer: Trainer, show
         # reused copies and continuations of paused trials do not count in n_trials (configurations begun)
         trained = sum(kind_of(t) != "reused" and CONTINUES not in t.user_attrs for t in session)
         say(progress_line(trial, trained, config.n_trials, study.directions, count_trials(study.get_trials(deepcopy=False))))
-        if queue_continuation(study, config):
+        trainer.closing = trained >= config.n_trials
+        if queue_continuation(study, config, trainer.closing):
             pass  # the next trial continues a paused one, whatever n_trials says: the bracket is finished
         elif untried(study, config) == []:
             say(f"every batch size of {config.batch_choices} has been tried or is in progress: the study stops here")

@@ -34,16 +34,32 @@ def waiting_enabled(config: StudyConfig) -> bool:
     return config.halving_wait and config.halving_eta >= 2 and config.lr_scaling != "tuned"
 
 
-def can_wait(study: optuna.Study, config: StudyConfig) -> bool:
-    """Whether a trial at a rung may wait now: more trials will reach the rung (an untried configuration is left)."""
-    return waiting_enabled(config) and bool(untried(study, config))
+def can_wait(study: optuna.Study, config: StudyConfig, closing: bool = False) -> bool:
+    """Whether a trial at a rung may wait now: more trials will reach the rung (an untried configuration
+    is left, and this session is not `closing`: it will still begin one, n_trials not reached)."""
+    return waiting_enabled(config) and not closing and bool(untried(study, config))
+
+
+MAX_FAILED_CONTINUATIONS = 2  # then the paused trial is given up (a lost checkpoint, a settings mismatch ...)
+
+
+def failed_continuations(trials: Sequence[FrozenTrial], number: int) -> int:
+    return sum(t.user_attrs.get(CONTINUES) == number and t.state == TrialState.FAIL for t in trials)
 
 
 def waiting_trials(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    """Paused trials that no trial continues yet."""
+    """Paused trials that no trial continues yet and whose continuation has not failed too often."""
     continued = continued_numbers(trials)
     return [t for t in trials
-            if t.state == TrialState.PRUNED and t.user_attrs.get("pruned") == PAUSED and t.number not in continued]
+            if t.state == TrialState.PRUNED and t.user_attrs.get("pruned") == PAUSED and t.number not in continued
+            and failed_continuations(trials, t.number) < MAX_FAILED_CONTINUATIONS]
+
+
+def earlier_sittings_kwh(trials: Sequence[FrozenTrial], run_id: str, number: int) -> float:
+    """What the trials before `number` billed on MLflow run `run_id` (the paused one and any failed or
+    killed continuation): a continuation bills the run's total less this, so each sitting is billed once."""
+    return sum(float(t.user_attrs.get("energy_kwh", 0.0)) for t in trials
+               if t.number != number and t.user_attrs.get("mlflow_run_id") == run_id)
 
 
 def rung_records(trials: Sequence[FrozenTrial], rung: int) -> dict[int, tuple[float, float]]:
@@ -67,9 +83,10 @@ def next_to_continue(trials: Sequence[FrozenTrial], eta: int, may_wait: bool) ->
     return best[1] if best else None
 
 
-def queue_continuation(study: optuna.Study, config: StudyConfig) -> bool:
-    """Enqueue a trial that continues the paused trial now among the best; True when one is queued
-    (now or before: a queued continuation is not started yet)."""
+def queue_continuation(study: optuna.Study, config: StudyConfig, closing: bool = False) -> bool:
+    """Enqueue a trial that continues the paused trial now among the best (when the session is `closing`,
+    the best max(1, n // eta): nothing more is waited for); True when one is queued (now or before: a
+    queued continuation is not started yet)."""
     from greenstudy.progress import say
 
     if not waiting_enabled(config):
@@ -77,7 +94,7 @@ def queue_continuation(study: optuna.Study, config: StudyConfig) -> bool:
     trials = study.get_trials(deepcopy=False)
     if any(t.state == TrialState.WAITING and CONTINUES in t.user_attrs for t in trials):
         return True
-    paused = next_to_continue(trials, config.halving_eta, can_wait(study, config))
+    paused = next_to_continue(trials, config.halving_eta, can_wait(study, config, closing))
     if paused is None:
         return False
     study.enqueue_trial(paused.params, user_attrs={CONTINUES: paused.number})
@@ -89,8 +106,6 @@ def queue_continuation(study: optuna.Study, config: StudyConfig) -> bool:
 def release_checkpoints(study: optuna.Study, config: StudyConfig, client: object) -> list[int]:
     """Once nothing can continue them (no untried configuration, no trial running or queued, none among
     the best), drop the checkpoints of the paused trials; returns their numbers."""
-    from greenstudy.training.checkpoint import Checkpointer
-
     trials = study.get_trials(deepcopy=False)
     busy = any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
     if not waiting_enabled(config) or busy or untried(study, config) or next_to_continue(trials, config.halving_eta, False):
@@ -99,7 +114,46 @@ def release_checkpoints(study: optuna.Study, config: StudyConfig, client: object
     for trial in waiting_trials(trials):
         run_id = trial.user_attrs.get("mlflow_run_id", "")
         if run_id:
-            Checkpointer(Path(config.run.checkpoint_dir).resolve() / run_id).remove()
+            checkpoint_folder(client, run_id, config).remove()
             client.set_tag(run_id, "checkpoint", "released: the study ended without continuing this trial")
             released.append(trial.number)
     return released
+
+
+def checkpoint_folder(client: object, run_id: str, config: StudyConfig) -> object:
+    """The Checkpointer of `run_id`: where its run says (tag `checkpoint`, an absolute path), else under
+    this session's checkpoint_dir."""
+    from greenstudy.training.checkpoint import Checkpointer
+
+    tag = client.get_run(run_id).data.tags.get("checkpoint", "")
+    return Checkpointer(Path(tag).parent if tag.endswith(".pt") else Path(config.run.checkpoint_dir).resolve() / run_id)
+
+
+def continue_paused(trial: optuna.Trial, paused: FrozenTrial, earlier: Sequence[FrozenTrial], client: object,
+                    config: StudyConfig) -> tuple[str, float]:
+    """Before `trial` continues `paused`: (its MLflow run id, what the run's earlier trials billed).
+    A duplicate continuation (another worker queued it too) ends as reused; a lost checkpoint or an
+    unreadable run fails the trial (the study gives the paused trial up after MAX_FAILED_CONTINUATIONS)."""
+    from greenstudy.study.trial_end import reuse
+    from greenstudy.study.tune import TrialFailed
+
+    if any(t.user_attrs.get(CONTINUES) == paused.number and t.state != TrialState.FAIL and t.number < trial.number
+           and "reused_from" not in t.user_attrs for t in earlier):
+        reuse(trial, paused)
+    run_id = paused.user_attrs["mlflow_run_id"]
+    reason = ""
+    try:
+        folder = checkpoint_folder(client, run_id, config)
+        tags = client.get_run(run_id).data.tags
+        if not folder.exists():
+            reason = f"cannot continue trial {paused.number}: no checkpoint at {folder.path}"
+    except Exception as exc:  # noqa: BLE001 - a deleted run or an unreachable store: this trial fails, the study goes on
+        reason = f"cannot continue trial {paused.number}: run {run_id}: {exc}"
+    if reason:
+        trial.set_user_attr("fail_reason", reason)
+        raise TrialFailed(reason)
+    for tag in ("optuna_state", "prune_reason", "stopped_early"):  # it trains again: no longer pruned
+        if tag in tags:
+            client.delete_tag(run_id, tag)
+    client.set_tag(run_id, "continued_by", ",".join(filter(None, (tags.get("continued_by"), str(trial.number)))))
+    return run_id, earlier_sittings_kwh(earlier, run_id, trial.number)
