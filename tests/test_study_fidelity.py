@@ -185,6 +185,8 @@ def test_the_sampler_does_not_end_a_study_whose_paused_trial_may_be_continued(tm
     trials = study.get_trials()
     assert [(t.number, t.params["batch_size"]) for t in trials] == [(0, 16), (1, 64), (2, 32), (3, 16)]
     assert trials[3].user_attrs["continues"] == 0 and trials[3].state == TrialState.COMPLETE  # then it stops
+    study.enqueue_trial({"batch_size": 64}, user_attrs={"continues": 1})
+    assert count_trials(study.get_trials())["queued"] == 1 and count_trials(study.get_trials())["running"] == 0
 
 
 # ---------------------------------------------------------------- real trials

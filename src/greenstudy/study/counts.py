@@ -10,7 +10,8 @@
 - failed: training raised (NaN loss, out of memory, ...), user attribute `fail_reason`;
 - interrupted: Ctrl-C/SIGTERM (user attribute `interrupted`), or a worker that died and whose trial
   the heartbeat marked FAIL (no `fail_reason`);
-- running: still in progress (another worker, or a worker whose death the heartbeat has not seen yet).
+- running: still in progress (another worker, or a worker whose death the heartbeat has not seen yet);
+- queued: a continuation of a paused trial, enqueued and not started yet.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from greenstudy.study.kinds import CONTINUES, PAUSED, PRUNE_KINDS
 
-KINDS = ("trained", "reused", "pruned", "paused", "continued", "failed", "interrupted", "running")
+KINDS = ("trained", "reused", "pruned", "paused", "continued", "failed", "interrupted", "running", "queued")
 
 
 def continued_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
@@ -33,7 +34,7 @@ def continued_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
 
 def kind_of(trial: FrozenTrial, continued: set[int] = frozenset()) -> str:
     """trained, reused, pruned:<reason>, paused, continued (a paused trial in `continued`), failed,
-    interrupted or running."""
+    interrupted, running or queued (a continuation not started yet)."""
     attrs = trial.user_attrs
     if "reused_from" in attrs:
         return "reused"
@@ -45,7 +46,7 @@ def kind_of(trial: FrozenTrial, continued: set[int] = frozenset()) -> str:
         return f"pruned:{attrs.get('pruned', 'unknown')}"
     if trial.state == TrialState.FAIL:
         return "interrupted" if attrs.get("interrupted") or "fail_reason" not in attrs else "failed"
-    return "running"
+    return "queued" if trial.state == TrialState.WAITING else "running"
 
 
 def count_trials(trials: Sequence[FrozenTrial]) -> dict[str, int]:
@@ -69,6 +70,7 @@ def counts_text(counts: dict[str, int]) -> str:
     waited = (f", paused {counts.get('paused', 0)}, continued {counts.get('continued', 0)}"
               if counts.get("paused") or counts.get("continued") else "")
     running = f", running {counts['running']}" if counts.get("running") else ""
+    running += f", queued {counts['queued']}" if counts.get("queued") else ""
     return (f"trained {counts['trained']}, reused {counts['reused']}, {pruned}{waited}, failed {counts['failed']}, "
             f"interrupted {counts['interrupted']}{running}")
 

@@ -14,6 +14,10 @@ from optuna.trial import FrozenTrial, TrialState
 from greenstudy.study.kinds import REUSED
 
 
+class TrialFailed(Exception):
+    """The trial's training failed; Optuna records it as FAIL and the study goes on (greenstudy.study.tune)."""
+
+
 def reuse(trial: optuna.Trial, measured: FrozenTrial) -> None:
     """End `trial` PRUNED as a copy of `measured`; nothing is retrained, 0 kWh."""
     trial.set_user_attr("reused_from", measured.number)

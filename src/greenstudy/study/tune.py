@@ -62,18 +62,21 @@ from greenstudy.study.log import FrontLogger, progress_line, study_params
 from greenstudy.study.params import StudyConfig, default_sampler_seed, scaled_lr
 from greenstudy.study.sampling import make_sampler, untried
 from greenstudy.study.storage import create_or_load_study, default_storage_url, masked_url, open_storage
-from greenstudy.study.trial_end import child_energy_kwh, free_accelerator_memory, record_interrupt, reuse
-from greenstudy.study.waiting import can_wait, continue_paused, queue_continuation, release_checkpoints, waiting_enabled
+from greenstudy.study.trial_end import TrialFailed, child_energy_kwh, free_accelerator_memory, record_interrupt, reuse
+from greenstudy.study.waiting import (
+    can_wait,
+    continue_paused,
+    drop_checkpoint,
+    queue_continuation,
+    release_checkpoints,
+    waiting_enabled,
+)
 
 REUSE_ALLOWANCE = 50  # reused proposals (instant, 0 kWh) and continuations of paused trials: not in n_trials
 
 
 class StudyFailed(GreenstudyError):
     """Every trial of this session failed."""
-
-
-class TrialFailed(Exception):
-    """The trial's training failed; Optuna records it as FAIL and the study goes on."""
 
 
 def resolve_variant(config: StudyConfig, device: object) -> tuple[StudyConfig, str]:
@@ -181,6 +184,8 @@ class Trainer:
         if child.status != "FINISHED" or "val_acc1" not in child.last_epoch:
             reason = child.error or f"child run {child.status} without validation metrics"
             trial.set_user_attr("fail_reason", reason)
+            if child.run_id and not resume_run_id:  # its configuration is tried again in a new run: nothing resumes this one
+                drop_checkpoint(self.client, child.run_id, config)
             free_accelerator_memory()
             raise TrialFailed(reason)
         if control.stop_kind:

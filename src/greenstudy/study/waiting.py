@@ -16,6 +16,7 @@ untried configuration, and a paused trial could wait for ever.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from greenstudy.study.fidelity import decide
 from greenstudy.study.kinds import CONTINUES, PAUSED
 from greenstudy.study.params import StudyConfig
 from greenstudy.study.sampling import untried
+from greenstudy.study.trial_end import TrialFailed, reuse
 
 
 def waiting_enabled(config: StudyConfig) -> bool:
@@ -134,8 +136,6 @@ def continue_paused(trial: optuna.Trial, paused: FrozenTrial, earlier: Sequence[
     """Before `trial` continues `paused`: (its MLflow run id, what the run's earlier trials billed).
     A duplicate continuation (another worker queued it too) ends as reused; a lost checkpoint or an
     unreadable run fails the trial (the study gives the paused trial up after MAX_FAILED_CONTINUATIONS)."""
-    from greenstudy.study.trial_end import reuse
-    from greenstudy.study.tune import TrialFailed
 
     if any(t.user_attrs.get(CONTINUES) == paused.number and t.state != TrialState.FAIL and t.number < trial.number
            and "reused_from" not in t.user_attrs for t in earlier):
@@ -157,3 +157,9 @@ def continue_paused(trial: optuna.Trial, paused: FrozenTrial, earlier: Sequence[
             client.delete_tag(run_id, tag)
     client.set_tag(run_id, "continued_by", ",".join(filter(None, (tags.get("continued_by"), str(trial.number)))))
     return run_id, earlier_sittings_kwh(earlier, run_id, trial.number)
+
+
+def drop_checkpoint(client: object, run_id: str, config: StudyConfig) -> None:
+    """Remove `run_id`'s checkpoint, if it has one (a failed trial's: its configuration starts afresh)."""
+    with contextlib.suppress(Exception):  # tidying only: an unreadable run keeps its files, nothing is measured wrong
+        checkpoint_folder(client, run_id, config).remove()

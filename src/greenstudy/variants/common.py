@@ -121,12 +121,13 @@ def infer_batch1(bench: Bench, model: nn.Module, precision: Precision, ledger: l
 
 def finish(job: VariantJob, record: VariantRecord, precision: Precision, label: str, device: torch.device | None = None,
            data: CifarData | None = None, channels_last: bool | None = None, size_of: nn.Module | None = None) -> VariantRecord:
-    """Test evaluation and inference benchmark (skipped in lean trials), size and example."""
+    """Test evaluation and inference benchmark (skipped in lean trials and in a trial paused at a rung,
+    whose model is half-trained), size and example."""
     bench = job.bench
     device = device or bench.device
     data = data or bench.data
     channels_last = bench.cfg.channels_last if channels_last is None else channels_last
-    if not job.lean:
+    if not job.lean and not job.control.paused:
         normalize = normalizer(bench, device, channels_last)
         with bench.meter.phase(record.ledger.phases, f"{label}/test", "test"):
             record.test = evaluate(record.model, data.test, normalize, precision, device)
