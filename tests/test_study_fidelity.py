@@ -22,7 +22,7 @@ from optuna.trial import TrialState, create_trial
 from greenstudy import interrupts
 from greenstudy.config import RunConfig
 from greenstudy.study.budget import budget_steps, trial_epochs
-from greenstudy.study.counts import count_trials, counts_text
+from greenstudy.study.counts import continuation_pending, count_trials, counts_text
 from greenstudy.study.fidelity import StudyControl, decide, rung_epochs, rung_fractions, tally
 from greenstudy.study.front import NOT_PROMOTED, OVER_BUDGET, PAUSED, TARGET_NOT_REACHED, study_energy_kwh
 from greenstudy.study.params import StudyConfig
@@ -161,8 +161,10 @@ def test_a_trial_waits_at_a_rung_until_it_is_among_the_best() -> None:
              frozen(1, 16, TrialState.FAIL, continues=0, energy_kwh=5.0, mlflow_run_id="r")]
     assert earlier_sittings_kwh(chain, "r", 2) == pytest.approx(6.0)
     assert next_to_continue(chain, 3, may_wait=False).number == 0  # one failed continuation: tried again
+    assert continuation_pending(chain)
     chain.append(frozen(2, 16, TrialState.FAIL, continues=0, fail_reason="no checkpoint"))
     assert next_to_continue(chain, 3, may_wait=False) is None  # given up after two
+    assert not continuation_pending(chain)  # so the finite-space sampler may end the study
     assert "pruned 0, paused 2, continued 2," in counts_text(counts)
     assert study_energy_kwh(trials) == pytest.approx(1.0 + 2.0 + 3.0 + 4.0 + 6.0)  # each trial bills its own part
 

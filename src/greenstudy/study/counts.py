@@ -32,6 +32,31 @@ def continued_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
             if CONTINUES in t.user_attrs and t.state != TrialState.FAIL and "reused_from" not in t.user_attrs}
 
 
+MAX_FAILED_CONTINUATIONS = 2  # then a paused trial is given up (a lost checkpoint, a settings mismatch ...)
+
+
+def failed_continuations(trials: Sequence[FrozenTrial], number: int) -> int:
+    return sum(t.user_attrs.get(CONTINUES) == number and t.state == TrialState.FAIL for t in trials)
+
+
+def paused_not_continued(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """Paused trials that no trial continues (given-up ones included)."""
+    continued = continued_numbers(trials)
+    return [t for t in trials
+            if t.state == TrialState.PRUNED and t.user_attrs.get("pruned") == PAUSED and t.number not in continued]
+
+
+def waiting_trials(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """Paused trials that no trial continues yet and whose continuation has not failed too often."""
+    return [t for t in paused_not_continued(trials) if failed_continuations(trials, t.number) < MAX_FAILED_CONTINUATIONS]
+
+
+def continuation_pending(trials: Sequence[FrozenTrial]) -> bool:
+    """A paused trial that may still be continued, or a continuation queued: the study (greenstudy.study.waiting)
+    decides whether it goes on, not the finite-space sampler."""
+    return bool(waiting_trials(trials)) or any(t.state == TrialState.WAITING and CONTINUES in t.user_attrs for t in trials)
+
+
 def kind_of(trial: FrozenTrial, continued: set[int] = frozenset()) -> str:
     """trained, reused, pruned:<reason>, paused, continued (a paused trial in `continued`), failed,
     interrupted, running or queued (a continuation not started yet)."""

@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import optuna
+from optuna.trial import FrozenTrial
 
 from greenstudy.pareto import pareto_front
 from greenstudy.study.kinds import NOT_PROMOTED, OVER_BUDGET, PAUSED
@@ -160,6 +161,13 @@ class StudyControl(TrainingControl):
         return False
 
 
+def rung_records(trials: Sequence[FrozenTrial], rung: int) -> dict[int, tuple[float, float]]:
+    """{trial number: (val_acc1, energy_kwh)} of every trial that recorded `rung`."""
+    key = f"rung_{rung}"
+    return {t.number: (float(t.user_attrs[key]["val_acc1"]), float(t.user_attrs[key]["energy_kwh"]))
+            for t in trials if key in t.user_attrs}
+
+
 def judge_at_rung(trial: optuna.Trial, eta: int, epochs: int, rung: int, report: EpochReport,
                   can_wait: Callable[[], bool] = lambda: False) -> tuple[str, str]:
     """Record this trial at `rung` and decide against every trial of the study there: ("", "") promoted,
@@ -169,8 +177,7 @@ def judge_at_rung(trial: optuna.Trial, eta: int, epochs: int, rung: int, report:
     from greenstudy.progress import say
 
     trial.set_user_attr(f"rung_{rung}", {"val_acc1": report.val_acc1, "energy_kwh": report.energy_kwh, "epoch": report.epoch})
-    records = {t.number: (t.user_attrs[f"rung_{rung}"]["val_acc1"], t.user_attrs[f"rung_{rung}"]["energy_kwh"])
-               for t in trial.study.get_trials(deepcopy=False) if f"rung_{rung}" in t.user_attrs}
+    records = rung_records(trial.study.get_trials(deepcopy=False), rung)
     records[trial.number] = (report.val_acc1, report.energy_kwh)
     decision = decide(trial.number, records, eta, can_wait())
     text = decision.text(rung, report.epoch, epochs)

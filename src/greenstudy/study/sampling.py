@@ -17,9 +17,9 @@ from collections.abc import Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from greenstudy.study.counts import continued_numbers
+from greenstudy.study.counts import continuation_pending
 from greenstudy.study.front import budget_reference_kwh
-from greenstudy.study.kinds import CONTINUES, NOT_PROMOTED, OVER_BUDGET, PAUSED, TARGET_NOT_REACHED
+from greenstudy.study.kinds import NOT_PROMOTED, OVER_BUDGET, PAUSED, TARGET_NOT_REACHED
 from greenstudy.study.params import StudyConfig
 
 
@@ -39,15 +39,6 @@ def is_tried(state: TrialState, user_attrs: dict[str, object], budget_now: float
         stopped_at = user_attrs.get("budget_kwh")
         return budget_now is not None and stopped_at is not None and budget_now <= float(stopped_at) * (1 + 1e-9)
     return state == TrialState.PRUNED and user_attrs.get("pruned") in (TARGET_NOT_REACHED, NOT_PROMOTED, PAUSED)
-
-
-def paused_pending(trials: Sequence[FrozenTrial]) -> bool:
-    """A paused trial not continued yet, or a queued continuation: the study decides whether it goes on
-    (greenstudy.study.waiting), not the sampler."""
-    continued = continued_numbers(trials)
-    return any((t.state == TrialState.WAITING and CONTINUES in t.user_attrs)
-               or (t.state == TrialState.PRUNED and t.user_attrs.get("pruned") == PAUSED and t.number not in continued)
-               for t in trials)
 
 
 def taken_batch_sizes(trials: Sequence[FrozenTrial], config: StudyConfig, current: int | None = None) -> set[int]:
@@ -105,7 +96,7 @@ class UntriedFirst(optuna.samplers.BaseSampler):
         taken = taken_batch_sizes(trials, self.config, current=trial.number)
         if is_tried(state, trial.user_attrs, budget_now_kwh(trials, self.config)) and "batch_size" in trial.params:
             taken.add(trial.params["batch_size"])
-        if taken >= set(self.choices) and not paused_pending(trials):
+        if taken >= set(self.choices) and not continuation_pending(trials):
             with contextlib.suppress(RuntimeError):  # outside optimize (ask and tell) there is nothing to stop
                 study.stop()  # as Optuna's GridSampler does once its grid is done
 

@@ -7,8 +7,9 @@ the best place) gets a new trial enqueued with its parameters and `continues=<nu
 reopens the paused trial's MLflow run, loads its checkpoint and trains on from the next epoch, so one
 configuration's training is the chain of its trials, one rung record on each. The continuing trial
 bills only what it spends itself (`energy_kwh`); its objective values are the whole run's, every
-sitting, since that is what the configuration cost. A paused trial whose checkpoint is gone (another
-machine's folder) is trained again from its first epoch in a run of its own (`continue_note` says so).
+sitting, since that is what the configuration cost. A continuation that cannot load its checkpoint (gone:
+another machine's folder) or reopen its run fails; after MAX_FAILED_CONTINUATIONS failed continuations the
+paused trial is given up (no longer continued, its checkpoint dropped).
 
 Waiting needs a finite space (`lr_scaling` linear or sqrt): in a continuous one there is always an
 untried configuration, and a paused trial could wait for ever.
@@ -23,9 +24,9 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from greenstudy.study.counts import continued_numbers
-from greenstudy.study.fidelity import decide
-from greenstudy.study.kinds import CONTINUES, PAUSED
+from greenstudy.study.counts import paused_not_continued, waiting_trials
+from greenstudy.study.fidelity import decide, rung_records
+from greenstudy.study.kinds import CONTINUES
 from greenstudy.study.params import StudyConfig
 from greenstudy.study.sampling import untried
 from greenstudy.study.trial_end import TrialFailed, reuse
@@ -42,33 +43,11 @@ def can_wait(study: optuna.Study, config: StudyConfig, closing: bool = False) ->
     return waiting_enabled(config) and not closing and bool(untried(study, config))
 
 
-MAX_FAILED_CONTINUATIONS = 2  # then the paused trial is given up (a lost checkpoint, a settings mismatch ...)
-
-
-def failed_continuations(trials: Sequence[FrozenTrial], number: int) -> int:
-    return sum(t.user_attrs.get(CONTINUES) == number and t.state == TrialState.FAIL for t in trials)
-
-
-def waiting_trials(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    """Paused trials that no trial continues yet and whose continuation has not failed too often."""
-    continued = continued_numbers(trials)
-    return [t for t in trials
-            if t.state == TrialState.PRUNED and t.user_attrs.get("pruned") == PAUSED and t.number not in continued
-            and failed_continuations(trials, t.number) < MAX_FAILED_CONTINUATIONS]
-
-
 def earlier_sittings_kwh(trials: Sequence[FrozenTrial], run_id: str, number: int) -> float:
     """What the trials before `number` billed on MLflow run `run_id` (the paused one and any failed or
     killed continuation): a continuation bills the run's total less this, so each sitting is billed once."""
     return sum(float(t.user_attrs.get("energy_kwh", 0.0)) for t in trials
                if t.number != number and t.user_attrs.get("mlflow_run_id") == run_id)
-
-
-def rung_records(trials: Sequence[FrozenTrial], rung: int) -> dict[int, tuple[float, float]]:
-    """{trial number: (val_acc1, energy_kwh)} of every trial that recorded `rung`."""
-    key = f"rung_{rung}"
-    return {t.number: (float(t.user_attrs[key]["val_acc1"]), float(t.user_attrs[key]["energy_kwh"]))
-            for t in trials if key in t.user_attrs}
 
 
 def next_to_continue(trials: Sequence[FrozenTrial], eta: int, may_wait: bool) -> FrozenTrial | None:
@@ -113,7 +92,7 @@ def release_checkpoints(study: optuna.Study, config: StudyConfig, client: object
     if not waiting_enabled(config) or busy or untried(study, config) or next_to_continue(trials, config.halving_eta, False):
         return []
     released = []
-    for trial in waiting_trials(trials):
+    for trial in paused_not_continued(trials):  # given-up ones too
         run_id = trial.user_attrs.get("mlflow_run_id", "")
         if run_id:
             checkpoint_folder(client, run_id, config).remove()
