@@ -11,6 +11,7 @@ right now is taken too, so two workers do not measure it twice at once."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Sequence
 
@@ -92,7 +93,9 @@ class UntriedFirst(optuna.samplers.BaseSampler):
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
         self.base.after_trial(study, trial, state, values)
-        trials = study.get_trials(deepcopy=False)
+        ended = copy.copy(trial)
+        ended.state, ended.values = state, values  # Optuna stores the end after this call: the storage says RUNNING
+        trials = [ended if t.number == trial.number else t for t in study.get_trials(deepcopy=False)]
         taken = taken_batch_sizes(trials, self.config, current=trial.number)
         if is_tried(state, trial.user_attrs, budget_now_kwh(trials, self.config)) and "batch_size" in trial.params:
             taken.add(trial.params["batch_size"])

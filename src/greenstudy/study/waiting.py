@@ -84,6 +84,9 @@ def queue_continuation(study: optuna.Study, config: StudyConfig, closing: bool =
     return True
 
 
+RELEASED = "released:"  # the `checkpoint` tag of a paused trial whose checkpoint was dropped
+
+
 def release_checkpoints(study: optuna.Study, config: StudyConfig, client: object) -> list[int]:
     """Once nothing can continue them (no untried configuration, no trial running or queued, none among
     the best), drop the checkpoints of the paused trials; returns their numbers."""
@@ -94,10 +97,11 @@ def release_checkpoints(study: optuna.Study, config: StudyConfig, client: object
     released = []
     for trial in paused_not_continued(trials):  # given-up ones too
         run_id = trial.user_attrs.get("mlflow_run_id", "")
-        if run_id:
-            checkpoint_folder(client, run_id, config).remove()
-            client.set_tag(run_id, "checkpoint", "released: the study ended without continuing this trial")
-            released.append(trial.number)
+        with contextlib.suppress(Exception):  # tidying only: a deleted run or an unreachable store keeps its files
+            if run_id and not client.get_run(run_id).data.tags.get("checkpoint", "").startswith(RELEASED):
+                checkpoint_folder(client, run_id, config).remove()
+                client.set_tag(run_id, "checkpoint", f"{RELEASED} the study ended without continuing this trial")
+                released.append(trial.number)
     return released
 
 
