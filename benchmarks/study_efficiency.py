@@ -25,14 +25,13 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import mlflow
 import optuna
 
 from greenstudy.config import RunConfig, parse_bool
-from greenstudy.study.counts import count_trials, counts_text
+from greenstudy.study.counts import continued_numbers, count_trials, counts_text, kind_of
 from greenstudy.study.front import front_trials, hypervolume, study_energy_kwh
 from greenstudy.study.params import StudyConfig
 from greenstudy.study.tune import run_study
@@ -58,7 +57,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     add("--halving-eta", type=int, default=3)
     add("--halving-wait", type=parse_bool, default=True, help="paused trials wait at a rung and are continued")
     add("--seed", type=int, default=0, help="sampler seed of the study (the grid's order does not matter)")
-    add("--out", default="", help="folder for mlflow.db and optuna.db (default: a temp dir)")
+    add("--out", default="", help="folder for mlflow.db and optuna.db (default: a temp dir); rerun with the same\n"
+        "folder to go on with an interrupted measurement (each study goes on where it stopped)")
+    add("--report-only", type=parse_bool, default=False, help="only read the studies in --out and print the result")
     return parser.parse_args(argv)
 
 
@@ -79,31 +80,54 @@ def measure(storage: str, name: str, reference: tuple[float, float]) -> tuple[fl
             counts_text(count_trials(trials)), best)
 
 
+def trial_rows(storage: str, name: str) -> list[str]:
+    """One line per trial: number, batch size, epochs trained, what happened, val_acc1, its own energy."""
+    trials = optuna.load_study(study_name=name, storage=storage).get_trials()
+    continued = continued_numbers(trials)
+    rows = []
+    for t in trials:
+        attrs = t.user_attrs
+        rungs = [attrs[k]["epoch"] for k in attrs if k.startswith("rung_") and isinstance(attrs[k], dict)]
+        trained_to = attrs.get("epochs") if t.state == optuna.trial.TrialState.COMPLETE else max(rungs, default="?")
+        how = kind_of(t, continued) + (f" (continues #{attrs['continues']})" if "continues" in attrs else "")
+        acc = attrs.get("val_acc1", float("nan"))
+        rows.append(f"  #{t.number:<3} batch {t.params.get('batch_size', '?'):>4}  to epoch {trained_to!s:>2}  {how:<34} "
+                    f"val_acc1 {acc:6.2f} %  own energy {float(attrs.get('energy_kwh', 0.0)) * 1000:8.4f} Wh  "
+                    f"{attrs.get('prune_reason', '')[:90]}")
+    return rows
+
+
+def wall_seconds(storage: str, name: str) -> float:
+    """From the study's first trial start to its last trial end (what the study took, read back)."""
+    trials = [t for t in optuna.load_study(study_name=name, storage=storage).get_trials() if t.datetime_complete]
+    return (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds() if trials else 0.0
+
+
 def main(argv: list[str]) -> int:
     args = parse(argv)
     folder = Path(args.out or tempfile.mkdtemp(prefix="greenstudy-study-efficiency-"))
     folder.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
-    started = time.monotonic()
     grid = study_config(args, folder, "grid", sampler="grid", stop_beta=0.0, halving_eta=0, n_trials=64, sampler_seed=0)
-    run_study(grid)
-    grid_seconds = time.monotonic() - started
+    if not args.report_only:
+        run_study(grid)
     trials = optuna.load_study(study_name="grid", storage=grid.storage).get_trials()
     reference = (0.0, 2.0 * max(t.values[1] for t in trials if t.values))
     study = study_config(args, folder, "study", sampler=args.sampler, stop_beta=args.stop_beta, n_trials=args.n_trials,
                          halving_eta=args.halving_eta, halving_wait=args.halving_wait, sampler_seed=args.seed,
                          hv_ref_energy_kwh=reference[1])
-    run_study(study)
-    study_seconds = time.monotonic() - started - grid_seconds
+    if not args.report_only:
+        run_study(study)
 
     rows = {name: measure(grid.storage, name, reference) for name in ("grid", "study")}
     print(f"settings: {args.model}, {args.train_subset} train / {args.val_size} val images, budget={args.budget} "
           f"({args.epochs} epochs at batch {args.batch_size}), batch sizes 16..{args.max_batch_size}; multi-fidelity study: "
           f"{args.sampler}, halving_eta={args.halving_eta}, halving_wait={args.halving_wait}, stop_beta={args.stop_beta}")
     print(f"reference point: val_acc1 0 %, {reference[1] * 1000:.4f} Wh; stores in {folder}")
-    for (name, (hv, energy, n, front, counts, best)), seconds in zip(rows.items(), (grid_seconds, study_seconds), strict=True):
+    for name, (hv, energy, n, front, counts, best) in rows.items():
         print(f"{name:>5}: {n} trials ({counts}), front {front}, best val_acc1 {best:.2f} %, hypervolume {hv:.6g} %·kWh, "
-              f"energy {energy * 1000:.4f} Wh, {seconds:.0f} s")
+              f"energy {energy * 1000:.4f} Wh, {wall_seconds(grid.storage, name):.0f} s first start to last end")
+        print("\n".join(trial_rows(grid.storage, name)))
     (hv_grid, e_grid, *_), (hv_study, e_study, *_) = rows["grid"], rows["study"]
     print(f"hypervolume fraction = {hv_study / hv_grid:.3f}" if hv_grid > 0 else "hypervolume fraction = n/a (grid front is empty)")
     print(f"energy fraction = {e_study / e_grid:.3f}")
