@@ -93,7 +93,7 @@ def trial_rows(storage: str, name: str) -> list[str]:
         acc = attrs.get("val_acc1", float("nan"))
         rows.append(f"  #{t.number:<3} batch {t.params.get('batch_size', '?'):>4}  to epoch {trained_to!s:>2}  {how:<34} "
                     f"val_acc1 {acc:6.2f} %  own energy {float(attrs.get('energy_kwh', 0.0)) * 1000:8.4f} Wh  "
-                    f"{attrs.get('prune_reason', '')[:90]}")
+                    f"{attrs.get('prune_reason') or attrs.get('fail_reason', '')}".rstrip())
     return rows
 
 
@@ -120,13 +120,14 @@ def main(argv: list[str]) -> int:
         run_study(study)
 
     rows = {name: measure(grid.storage, name, reference) for name in ("grid", "study")}
+    length = f"{args.epochs} epochs at batch {args.batch_size}" if args.budget == "steps" else f"{args.epochs} epochs each"
     print(f"settings: {args.model}, {args.train_subset} train / {args.val_size} val images, budget={args.budget} "
-          f"({args.epochs} epochs at batch {args.batch_size}), batch sizes 16..{args.max_batch_size}; multi-fidelity study: "
+          f"({length}), batch sizes 16..{args.max_batch_size}; multi-fidelity study: "
           f"{args.sampler}, halving_eta={args.halving_eta}, halving_wait={args.halving_wait}, stop_beta={args.stop_beta}")
     print(f"reference point: val_acc1 0 %, {reference[1] * 1000:.4f} Wh; stores in {folder}")
     for name, (hv, energy, n, front, counts, best) in rows.items():
         print(f"{name:>5}: {n} trials ({counts}), front {front}, best val_acc1 {best:.2f} %, hypervolume {hv:.6g} %·kWh, "
-              f"energy {energy * 1000:.4f} Wh, {wall_seconds(grid.storage, name):.0f} s first start to last end")
+              f"energy {energy * 1000:.4f} Wh, {wall_seconds(grid.storage, name):.0f} s first trial start to last end")
         print("\n".join(trial_rows(grid.storage, name)))
     (hv_grid, e_grid, *_), (hv_study, e_study, *_) = rows["grid"], rows["study"]
     print(f"hypervolume fraction = {hv_study / hv_grid:.3f}" if hv_grid > 0 else "hypervolume fraction = n/a (grid front is empty)")
