@@ -29,6 +29,7 @@ from pathlib import Path
 
 import mlflow
 import optuna
+from optuna.trial import FrozenTrial
 
 from greenstudy.config import RunConfig, parse_bool
 from greenstudy.study.counts import continued_numbers, count_trials, counts_text, kind_of
@@ -71,18 +72,16 @@ def study_config(args: argparse.Namespace, folder: Path, name: str, **study: obj
                        max_batch_size=args.max_batch_size, lr_scaling="linear", budget=args.budget, **study)
 
 
-def measure(storage: str, name: str, reference: tuple[float, float]) -> tuple[float, float, int, int, str, float]:
+def measure(trials: list[FrozenTrial], reference: tuple[float, float]) -> tuple[float, float, int, int, str, float]:
     """(hypervolume, energy kWh, trials, front size, honest counts, best val_acc1) of one study."""
-    trials = optuna.load_study(study_name=name, storage=storage).get_trials()
     front = front_trials(trials, "final")
     best = max((t.values[0] for t in front), default=float("nan"))
     return (hypervolume(front, "final", reference), study_energy_kwh(trials), len(trials), len(front),
             counts_text(count_trials(trials)), best)
 
 
-def trial_rows(storage: str, name: str) -> list[str]:
+def trial_rows(trials: list[FrozenTrial]) -> list[str]:
     """One line per trial: number, batch size, epochs trained, what happened, val_acc1, its own energy."""
-    trials = optuna.load_study(study_name=name, storage=storage).get_trials()
     continued = continued_numbers(trials)
     rows = []
     for t in trials:
@@ -97,9 +96,9 @@ def trial_rows(storage: str, name: str) -> list[str]:
     return rows
 
 
-def wall_seconds(storage: str, name: str) -> float:
+def wall_seconds(trials: list[FrozenTrial]) -> float:
     """From the study's first trial start to its last trial end (what the study took, read back)."""
-    trials = [t for t in optuna.load_study(study_name=name, storage=storage).get_trials() if t.datetime_complete]
+    trials = [t for t in trials if t.datetime_complete]
     return (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds() if trials else 0.0
 
 
@@ -119,7 +118,8 @@ def main(argv: list[str]) -> int:
     if not args.report_only:
         run_study(study)
 
-    rows = {name: measure(grid.storage, name, reference) for name in ("grid", "study")}
+    studies = {name: optuna.load_study(study_name=name, storage=grid.storage).get_trials() for name in ("grid", "study")}
+    rows = {name: measure(trials, reference) for name, trials in studies.items()}
     length = f"{args.epochs} epochs at batch {args.batch_size}" if args.budget == "steps" else f"{args.epochs} epochs each"
     print(f"settings: {args.model}, {args.train_subset} train / {args.val_size} val images, budget={args.budget} "
           f"({length}), batch sizes 16..{args.max_batch_size}; multi-fidelity study: "
@@ -127,8 +127,8 @@ def main(argv: list[str]) -> int:
     print(f"reference point: val_acc1 0 %, {reference[1] * 1000:.4f} Wh; stores in {folder}")
     for name, (hv, energy, n, front, counts, best) in rows.items():
         print(f"{name:>5}: {n} trials ({counts}), front {front}, best val_acc1 {best:.2f} %, hypervolume {hv:.6g} %·kWh, "
-              f"energy {energy * 1000:.4f} Wh, {wall_seconds(grid.storage, name):.0f} s first trial start to last end")
-        print("\n".join(trial_rows(grid.storage, name)))
+              f"energy {energy * 1000:.4f} Wh, {wall_seconds(studies[name]):.0f} s first trial start to last end")
+        print("\n".join(trial_rows(studies[name])))
     (hv_grid, e_grid, *_), (hv_study, e_study, *_) = rows["grid"], rows["study"]
     print(f"hypervolume fraction = {hv_study / hv_grid:.3f}" if hv_grid > 0 else "hypervolume fraction = n/a (grid front is empty)")
     print(f"energy fraction = {e_study / e_grid:.3f}")
