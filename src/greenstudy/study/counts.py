@@ -51,10 +51,15 @@ def waiting_trials(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     return [t for t in paused_not_continued(trials) if failed_continuations(trials, t.number) < MAX_FAILED_CONTINUATIONS]
 
 
+def queued_continuation(trials: Sequence[FrozenTrial]) -> bool:
+    """A continuation of a paused trial is enqueued and not started yet."""
+    return any(t.state == TrialState.WAITING and CONTINUES in t.user_attrs for t in trials)
+
+
 def continuation_pending(trials: Sequence[FrozenTrial]) -> bool:
     """A paused trial that may still be continued, or a continuation queued: the study (greenstudy.study.waiting)
     decides whether it goes on, not the finite-space sampler."""
-    return bool(waiting_trials(trials)) or any(t.state == TrialState.WAITING and CONTINUES in t.user_attrs for t in trials)
+    return bool(waiting_trials(trials)) or queued_continuation(trials)
 
 
 def kind_of(trial: FrozenTrial, continued: set[int] = frozenset()) -> str:

@@ -96,9 +96,7 @@ class UntriedFirst(optuna.samplers.BaseSampler):
         ended = copy.copy(trial)
         ended.state, ended.values = state, values  # Optuna stores the end after this call: the storage says RUNNING
         trials = [ended if t.number == trial.number else t for t in study.get_trials(deepcopy=False)]
-        taken = taken_batch_sizes(trials, self.config, current=trial.number)
-        if is_tried(state, trial.user_attrs, budget_now_kwh(trials, self.config)) and "batch_size" in trial.params:
-            taken.add(trial.params["batch_size"])
+        taken = taken_batch_sizes(trials, self.config)  # the ended trial with its end state among them
         if taken >= set(self.choices) and not continuation_pending(trials):
             with contextlib.suppress(RuntimeError):  # outside optimize (ask and tell) there is nothing to stop
                 study.stop()  # as Optuna's GridSampler does once its grid is done

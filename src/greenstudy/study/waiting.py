@@ -24,7 +24,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from greenstudy.study.counts import paused_not_continued, waiting_trials
+from greenstudy.study.counts import paused_not_continued, queued_continuation, waiting_trials
 from greenstudy.study.fidelity import decide, rung_records
 from greenstudy.study.kinds import CONTINUES
 from greenstudy.study.params import StudyConfig
@@ -73,7 +73,7 @@ def queue_continuation(study: optuna.Study, config: StudyConfig, closing: bool =
     if not waiting_enabled(config):
         return False
     trials = study.get_trials(deepcopy=False)
-    if any(t.state == TrialState.WAITING and CONTINUES in t.user_attrs for t in trials):
+    if queued_continuation(trials):
         return True
     paused = next_to_continue(trials, config.halving_eta, can_wait(study, config, closing))
     if paused is None:
@@ -97,20 +97,23 @@ def release_checkpoints(study: optuna.Study, config: StudyConfig, client: object
     released = []
     for trial in paused_not_continued(trials):  # given-up ones too
         run_id = trial.user_attrs.get("mlflow_run_id", "")
+        if not run_id:
+            continue
         with contextlib.suppress(Exception):  # tidying only: a deleted run or an unreachable store keeps its files
-            if run_id and not client.get_run(run_id).data.tags.get("checkpoint", "").startswith(RELEASED):
-                checkpoint_folder(client, run_id, config).remove()
+            tags = client.get_run(run_id).data.tags
+            if not tags.get("checkpoint", "").startswith(RELEASED):
+                checkpoint_folder(tags, run_id, config).remove()
                 client.set_tag(run_id, "checkpoint", f"{RELEASED} the study ended without continuing this trial")
                 released.append(trial.number)
     return released
 
 
-def checkpoint_folder(client: object, run_id: str, config: StudyConfig) -> object:
-    """The Checkpointer of `run_id`: where its run says (tag `checkpoint`, an absolute path), else under
-    this session's checkpoint_dir."""
+def checkpoint_folder(tags: dict[str, str], run_id: str, config: StudyConfig) -> object:
+    """The Checkpointer of run `run_id` (its `tags`): where the run says (tag `checkpoint`, an absolute
+    path), else under this session's checkpoint_dir."""
     from greenstudy.training.checkpoint import Checkpointer
 
-    tag = client.get_run(run_id).data.tags.get("checkpoint", "")
+    tag = tags.get("checkpoint", "")
     return Checkpointer(Path(tag).parent if tag.endswith(".pt") else Path(config.run.checkpoint_dir).resolve() / run_id)
 
 
@@ -126,8 +129,8 @@ def continue_paused(trial: optuna.Trial, paused: FrozenTrial, earlier: Sequence[
     run_id = paused.user_attrs["mlflow_run_id"]
     reason = ""
     try:
-        folder = checkpoint_folder(client, run_id, config)
         tags = client.get_run(run_id).data.tags
+        folder = checkpoint_folder(tags, run_id, config)
         if not folder.exists():
             reason = f"cannot continue trial {paused.number}: no checkpoint at {folder.path}"
     except Exception as exc:  # noqa: BLE001 - a deleted run or an unreachable store: this trial fails, the study goes on
@@ -145,4 +148,4 @@ def continue_paused(trial: optuna.Trial, paused: FrozenTrial, earlier: Sequence[
 def drop_checkpoint(client: object, run_id: str, config: StudyConfig) -> None:
     """Remove `run_id`'s checkpoint, if it has one (a failed trial's: its configuration starts afresh)."""
     with contextlib.suppress(Exception):  # tidying only: an unreadable run keeps its files, nothing is measured wrong
-        checkpoint_folder(client, run_id, config).remove()
+        checkpoint_folder(client.get_run(run_id).data.tags, run_id, config).remove()
