@@ -6,8 +6,11 @@ Every path times the same model (random weights: speed does not depend on them),
 threads, in channels_last, in alternating rounds of `--seconds` each (the order rotates every round), after one
 untimed call (for compiled paths: the compile, timed and printed). fp32 and bf16 autocast go both ways; the
 FX int8 model (greenstudy.variants.int8_recipe, all blocks int8) is timed eager, and compiled where inductor
-takes it (its quantized kernels stay opaque calls; the code around them can fuse). Prints img/s per round,
-the median, ratios to fp32 eager, and the break-even of each compile (images after which it has paid).
+takes it (its quantized kernels stay opaque calls; the code around them can fuse). Where torchao is importable,
+the PT2E int8 model (X86InductorQuantizer, all of it int8) is timed compiled and frozen, the only way it is fast;
+torchao is not a dependency of greenstudy, so without it the row says so. bf16 is timed only where the CPU runs
+it natively (emulated bf16 is several times slower: a finding nobody needs re-measured). Prints img/s per
+round, the median, ratios to fp32 eager, and the break-even of each compile (images after which it has paid).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from _common import hardware_line, load_average, machine_line  # noqa: E402
 from greenstudy.cli import one_line_parser, run_cli  # noqa: E402
 from greenstudy.config import MODELS  # noqa: E402
 from greenstudy.errors import ConfigError  # noqa: E402
-from greenstudy.measure.precision import Precision  # noqa: E402
+from greenstudy.measure.precision import Precision, describe  # noqa: E402
 from greenstudy.training.models import build_model  # noqa: E402
 from greenstudy.training.steps import run_inference_for  # noqa: E402
 from greenstudy.variants.int8_recipe import quantize_fx, vnni_available  # noqa: E402
@@ -39,7 +42,12 @@ CPU = torch.device("cpu")
 def paths(model_name: str, batch: torch.Tensor) -> dict[str, tuple[object, Precision, float]]:
     """label -> (callable, precision, seconds spent making it ready: compile or quantize, first call included)."""
     made: dict[str, tuple[object, Precision, float]] = {}
-    for precision in (Precision(), Precision(torch.bfloat16)):
+    precisions = [Precision()]
+    if describe(CPU).cpu_bf16:
+        precisions.append(Precision(torch.bfloat16))
+    else:
+        print(f"  skipped: bf16 (not native on this CPU, {describe(CPU).cpu_capability})", flush=True)
+    for precision in precisions:
         model = build_model(model_name, 100).eval().to(memory_format=torch.channels_last)
         timed_round(model, precision, batch, 0.0)  # one untimed call: oneDNN builds its kernels
         made[f"{precision.name} eager"] = (model, precision, 0.0)
@@ -63,7 +71,36 @@ def paths(model_name: str, batch: torch.Tensor) -> dict[str, tuple[object, Preci
         made["int8 (FX) compiled+frozen"] = (compiled_int8, Precision(), time.perf_counter() - started)
     except Exception as exc:  # noqa: BLE001 - a path that does not compile is a finding, printed
         print(f"  int8 (FX) compiled+frozen: failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})", flush=True)
+    try:
+        made["int8 (PT2E) compiled+frozen"] = pt2e_int8(model_name, batch)
+    except Exception as exc:  # noqa: BLE001 - torchao missing, or a model PT2E cannot take: printed
+        print(f"  int8 (PT2E) compiled+frozen: not timed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",
+              flush=True)
     return made
+
+
+def pt2e_int8(model_name: str, batch: torch.Tensor) -> tuple[object, Precision, float]:
+    """torchao's PT2E int8 (X86InductorQuantizer defaults, calibrated on the batch), compiled with freezing:
+    (callable, fp32, seconds to export + calibrate + convert + compile, first call included)."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer,
+        get_default_x86_inductor_quantization_config,
+    )
+
+    started = time.perf_counter()
+    model = build_model(model_name, 100).eval().to(memory_format=torch.channels_last)
+    quantizer = X86InductorQuantizer()
+    quantizer.set_global(get_default_x86_inductor_quantization_config())
+    with torch.no_grad():  # exported at the timed batch size: export specialises the batch dimension
+        prepared = prepare_pt2e(torch.export.export(model, (batch,)).module(), quantizer)
+        prepared(batch)
+        converted = convert_pt2e(prepared)
+        with torch._inductor.config.patch(freezing=True):
+            compiled = torch.compile(converted)
+            timed_round(compiled, Precision(), batch, 0.0)
+    print(f"  made int8 (PT2E) compiled+frozen in {time.perf_counter() - started:.0f} s", flush=True)
+    return compiled, Precision(), time.perf_counter() - started
 
 
 def timed_round(model: object, precision: Precision, batch: torch.Tensor, seconds: float) -> float:
@@ -102,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     for label, values in rates.items():
         median = statistics.median(values)
         _, precision, ready_s = made[label]
-        twin = statistics.median(rates[label.replace("compiled+frozen", "eager")]) if "compiled" in label else None
+        twin_label = label.replace("compiled+frozen", "eager")
+        twin = statistics.median(rates[twin_label]) if "compiled" in label and twin_label in rates else None
         if twin is None:
             even = "-"
         elif median <= twin:
