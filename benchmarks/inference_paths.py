@@ -8,13 +8,14 @@ untimed call (for compiled paths: the compile, timed and printed). fp32 and bf16
 FX int8 model (greenstudy.variants.int8_recipe, all blocks int8) is timed eager, and compiled where inductor
 takes it (its quantized kernels stay opaque calls; the code around them can fuse). Where torchao is importable,
 the PT2E int8 model (X86InductorQuantizer, all of it int8) is timed compiled and frozen, the only way it is fast;
-torchao is not a dependency of greenstudy, so without it the row says so. bf16 is timed only where the CPU runs
+torchao is not a dependency of greenstudy: without it a line says the path was not timed. bf16 is timed only where the CPU runs
 it natively (emulated bf16 is several times slower: a finding nobody needs re-measured). Prints img/s per
 round, the median, ratios to fp32 eager, and the break-even of each compile (images after which it has paid).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import statistics
 import sys
@@ -70,26 +71,34 @@ def paths(model_name: str, batch: torch.Tensor) -> dict[str, tuple[object, Preci
             timed_round(compiled_int8, Precision(), batch, 0.0)
         made["int8 (FX) compiled+frozen"] = (compiled_int8, Precision(), time.perf_counter() - started)
     except Exception as exc:  # noqa: BLE001 - a path that does not compile is a finding, printed
-        print(f"  int8 (FX) compiled+frozen: failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})", flush=True)
+        print(f"  int8 (FX) compiled+frozen: failed ({first_line(exc)})", flush=True)
+    if importlib.util.find_spec("torchao") is None:
+        print("  int8 (PT2E) compiled+frozen: not timed (torchao not installed)", flush=True)
+        return made
     try:
         made["int8 (PT2E) compiled+frozen"] = pt2e_int8(model_name, batch)
-    except Exception as exc:  # noqa: BLE001 - torchao missing, or a model PT2E cannot take: printed
-        print(f"  int8 (PT2E) compiled+frozen: not timed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",
-              flush=True)
+    except Exception as exc:  # noqa: BLE001 - a model PT2E cannot take (or a torchao whose API moved): printed
+        print(f"  int8 (PT2E) compiled+frozen: failed ({first_line(exc)})", flush=True)
     return made
+
+
+def first_line(exc: BaseException) -> str:
+    """`Type: first line of the message` (200 characters at most), also for an empty message."""
+    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
 
 
 def pt2e_int8(model_name: str, batch: torch.Tensor) -> tuple[object, Precision, float]:
     """torchao's PT2E int8 (X86InductorQuantizer defaults, calibrated on the batch), compiled with freezing:
     (callable, fp32, seconds to export + calibrate + convert + compile, first call included)."""
+    import torchao
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
         X86InductorQuantizer,
         get_default_x86_inductor_quantization_config,
     )
 
-    started = time.perf_counter()
     model = build_model(model_name, 100).eval().to(memory_format=torch.channels_last)
+    started = time.perf_counter()  # from the built model, as for FX
     quantizer = X86InductorQuantizer()
     quantizer.set_global(get_default_x86_inductor_quantization_config())
     with torch.no_grad():  # exported at the timed batch size: export specialises the batch dimension
@@ -99,7 +108,8 @@ def pt2e_int8(model_name: str, batch: torch.Tensor) -> tuple[object, Precision, 
         with torch._inductor.config.patch(freezing=True):
             compiled = torch.compile(converted)
             timed_round(compiled, Precision(), batch, 0.0)
-    print(f"  made int8 (PT2E) compiled+frozen in {time.perf_counter() - started:.0f} s", flush=True)
+    print(f"  made int8 (PT2E) compiled+frozen in {time.perf_counter() - started:.0f} s (torchao {torchao.__version__})",
+          flush=True)
     return compiled, Precision(), time.perf_counter() - started
 
 
@@ -111,7 +121,7 @@ def timed_round(model: object, precision: Precision, batch: torch.Tensor, second
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = one_line_parser("Eager vs compiled+frozen inference, fp32 and bf16, and FX int8, side by side.")
+    parser = one_line_parser("Eager vs compiled+frozen inference, fp32 and (where native) bf16, FX int8 and (with torchao) PT2E int8.")
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=4.0, help="seconds per path per round")
@@ -142,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         twin_label = label.replace("compiled+frozen", "eager")
         twin = statistics.median(rates[twin_label]) if "compiled" in label and twin_label in rates else None
         if twin is None:
-            even = "-"
+            even = "n/a (no eager twin)" if "compiled" in label else "-"
         elif median <= twin:
             even = "never (not faster than eager)"
         else:

@@ -60,6 +60,7 @@ def main() -> None:
     quantizer.set_global(get_default_x86_inductor_quantization_config())
     channels_last = [batch.contiguous(memory_format=torch.channels_last) for batch in calibration]
     with torch.no_grad():
+        # export fixes the batch at 250: every validation batch is 250 (2,000 images)
         prepared = prepare_pt2e(torch.export.export(model, (channels_last[0],)).module(), quantizer)
         for batch in channels_last:
             prepared(batch)
