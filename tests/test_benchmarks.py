@@ -178,3 +178,14 @@ def test_inference_paths_refuses_bad_arguments_in_one_line(capsys: pytest.Captur
         assert inference_paths.run_cli(lambda argv=argv: inference_paths.main(argv)) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: "), err
+
+
+def test_inference_paths_names_a_failed_path_in_one_line_even_without_a_message() -> None:
+    """A path that fails (PT2E on a model it cannot take, inductor on FX int8) is printed as `Type: first line`;
+    an empty message (a bare assert deep in torch) must not crash the handler meant to tolerate the failure."""
+    import inference_paths
+
+    assert inference_paths.first_line(AssertionError()) == "AssertionError: "
+    assert inference_paths.first_line(ValueError("Input partition has more\nthan one output")) == (
+        "ValueError: Input partition has more")
+    assert len(inference_paths.first_line(RuntimeError("x" * 500))) == len("RuntimeError: ") + 200
