@@ -3,6 +3,7 @@
 All-int8 EfficientNet-B0 by FX (greenstudy.variants.int8_recipe.quantize_fx) and by torchao's PT2E
 (X86InductorQuantizer defaults), against fp32, on a model trained briefly (argv[1] epochs, default 3, on
 10,000 real CIFAR-100 images): validation top-1 and top-1 agreement with fp32 on 2,000 held-out images.
+argv[2] = "reduce_range" quantizes PT2E's activations to 7 bits (the quantizer's default is 8).
 """
 
 import sys
@@ -57,7 +58,9 @@ def main() -> None:
     found["int8 FX (all blocks)"] = predictions(
         data, quantize_fx(model, calibration, reduce_range=not vnni_available()), channels_last=False)
     quantizer = X86InductorQuantizer()
-    quantizer.set_global(get_default_x86_inductor_quantization_config())
+    reduce_range = len(sys.argv) > 2 and sys.argv[2] == "reduce_range"
+    quantizer.set_global(get_default_x86_inductor_quantization_config(reduce_range=reduce_range))
+    print(f"PT2E reduce_range={reduce_range}")
     channels_last = [batch.contiguous(memory_format=torch.channels_last) for batch in calibration]
     with torch.no_grad():
         # export fixes the batch at 250: every validation batch is 250 (2,000 images)
